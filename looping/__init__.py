@@ -1,0 +1,20 @@
+"""looping: training-free looped inference for Hugging Face causal LMs.
+
+    from looping import LoopConfig, looped
+    with looped(model, LoopConfig(window="15:19", k=3, integrator="anchored")):
+        out = model.generate(**inputs)
+
+Imports torch and transformers only (the harness floor sits above it).
+"""
+from .config import RECIPES, LoopConfig, LoopConfigError, ResolvedLoop, WindowSpec, recipe
+from .integrators import INTEGRATORS, get_integrator
+
+__all__ = ["LoopConfig", "LoopConfigError", "ResolvedLoop", "WindowSpec", "RECIPES", "recipe",
+           "INTEGRATORS", "get_integrator", "looped", "LoopHandle"]
+
+
+def __getattr__(name):  # the runner is imported lazily so config-only users stay light
+    if name in ("looped", "LoopHandle"):
+        from . import runner
+        return getattr(runner, name)
+    raise AttributeError(name)

@@ -1,0 +1,107 @@
+"""Architecture facts read from a Hugging Face causal LM, generically.
+
+Owns: where the decoder layers live, which layers hold an MoE router, which cache slots size the
+masks and positions, and the refusal of models that are not decoder stacks. There is no per-family
+code: every family transformers 5.x ships keeps its layers at `model.get_decoder().layers`, declares
+its router class in `_can_record_outputs["router_logits"]`, and ties each attention module to its
+cache slot through `layer_idx`. `SPECIAL` is the one table for a family that breaks a rule
+(none needed for the families tested).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import LoopConfigError
+
+# model_type -> overrides of the generic lookup (attribute path of the layer list). Empty today.
+SPECIAL: dict[str, dict[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    model_type: str
+    decoder: nn.Module            # the base model whose forward loops over `layers`
+    layers: nn.ModuleList
+    n_layers: int
+    router_class: type | None     # the family's router module class (MoE), else None
+    moe_layers: tuple[bool, ...]  # per layer: holds a router
+    layer_types: tuple[str, ...]  # per layer attention type ('full_attention', 'sliding_attention', ...)
+    mask_layers: tuple[int, ...]  # cache slots that size masks / positions (first of each type, and 0)
+
+    @property
+    def is_moe(self) -> bool:
+        return any(self.moe_layers)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    path = SPECIAL.get(model_type, {}).get("decoder")
+    dec = None
+    if path:
+        dec = model
+        for part in path.split("."):
+            dec = getattr(dec, part)
+    elif hasattr(model, "get_decoder"):
+        try:
+            dec = model.get_decoder()
+        except (AttributeError, NotImplementedError):
+            dec = None
+    if dec is None or not isinstance(getattr(dec, "layers", None), nn.ModuleList):
+        raise LoopConfigError(
+            f"{type(model).__name__} (model_type {model_type!r}) is not a decoder stack that looping "
+            f"supports: expected `model.get_decoder().layers` to be an nn.ModuleList of decoder layers. "
+            f"Supported: decoder-only causal LMs from transformers (llama, mistral, qwen2, qwen3, gemma2, "
+            f"gemma3, olmo2, phi3, granite, smollm3, cohere, glm4, and their MoE relatives).")
+    return dec
+
+
+def router_class(decoder: nn.Module) -> type | None:
+    spec = getattr(decoder, "_can_record_outputs", None) or {}
+    spec = spec.get("router_logits")
+    if isinstance(spec, (list, tuple)):
+        spec = spec[0] if spec else None
+    if spec is None:
+        return None
+    return getattr(spec, "target_class", spec)
+
+
+def find_routers(module: nn.Module, cls: type | None) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, router) for every router inside `module`."""
+    if cls is None:
+        return []
+    found = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, cls):
+                found.append((parent, name, child))
+    return found
+
+
+def attention_slot(layer: nn.Module) -> int:
+    """The cache slot (layer_idx) a decoder layer writes."""
+    for m in layer.modules():
+        idx = getattr(m, "layer_idx", None)
+        if isinstance(idx, int):
+            return idx
+    raise LoopConfigError(
+        f"{type(layer).__name__} has no submodule with an integer `layer_idx`; looping cannot find "
+        f"its cache slot.")
+
+
+def describe(model: nn.Module) -> ArchInfo:
+    dec = decoder_of(model)
+    cfg = dec.config
+    layers = dec.layers
+    n = getattr(cfg, "num_hidden_layers", None) or len(layers)
+    n = min(n, len(layers))
+    rcls = router_class(dec)
+    moe = tuple(bool(find_routers(layers[i], rcls)) for i in range(n))
+    types = tuple(getattr(cfg, "layer_types", None) or ["full_attention"] * n)[:n]
+    mask_layers = {0}
+    for t in set(types):
+        mask_layers.add(types.index(t))
+    return ArchInfo(model_type=getattr(cfg, "model_type", "?"), decoder=dec, layers=layers, n_layers=n,
+                    router_class=rcls, moe_layers=moe, layer_types=types,
+                    mask_layers=tuple(sorted(mask_layers)))
