@@ -254,6 +254,10 @@ class LoopConfig:
                 raise LoopConfigError(
                     "kv='per_pass' cannot be combined with halt_tau: rows that halt early would leave "
                     "their per-pass cache slots unwritten.")
+        if self.kv == "per_pass" and self.decode != "full":
+            raise LoopConfigError(
+                f"kv='per_pass' needs decode='full' (got decode={self.decode!r}): its private per-pass cache "
+                f"slots must receive every token.")
         set_("schedule", _as_floats("schedule", self.schedule))
         set_("anchor_rescale", _as_bool("anchor_rescale", self.anchor_rescale))
         spec.check(self)  # strategy-specific constraints (aitken even K, schedule lengths, ...)
