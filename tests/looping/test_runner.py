@@ -1,0 +1,201 @@
+"""looped(): parity with the plain model, schedules against manual layer calls, restoration.
+
+The reference never goes through looping's wrappers: it records the kwargs each decoder layer
+receives in a plain forward (its own mask, rotary embeddings), calls the window layers by hand with
+the strategy's formula (tests/looping/formulas.py), and sends the result through the plain model's
+suffix by replacing the input of the first suffix layer.
+"""
+import contextlib
+
+import pytest
+import torch
+
+from looping import LoopConfig, looped
+from looping.arch import describe
+from tests.looping.families import DENSE, MOE
+from tests.looping.formulas import REFERENCES, reference_cfgs
+
+FAMILIES = DENSE + MOE
+
+
+def batch(vocab=128):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    mask[1, :1] = 0
+    return ids, mask
+
+
+@torch.no_grad()
+def plain_logits(model, ids, mask):
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+@torch.no_grad()
+def layer_kwargs(model, ids, mask):
+    """Hidden input and kwargs each decoder layer receives in a plain forward."""
+    layers, seen, hooks = describe(model).layers, {}, []
+    for i, layer in enumerate(layers):
+        def hook(mod, args, kwargs, i=i):
+            x = args[0] if args else kwargs["hidden_states"]
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            seen[i] = (x, kw)
+        hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@contextlib.contextmanager
+def replace_input(layer, value):
+    def hook(mod, args, kwargs):
+        if args:
+            return (value,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": value}
+    h = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+@torch.no_grad()
+def reference_logits(model, ids, mask, cfg, start, end, mode):
+    seen = layer_kwargs(model, ids, mask)
+    layers = describe(model).layers
+    calls = {"n": 0}
+
+    def run(i, x):
+        calls["n"] += 1
+        return layers[i](x, **seen[i][1])
+
+    formula = REFERENCES[cfg.integrator]
+    x0 = seen[start][0]
+    if mode == "block":
+        block = [lambda x, i=i: run(i, x) for i in range(start, end)]
+        out = formula(block, x0, cfg)
+    else:
+        out = x0
+        for i in range(start, end):
+            out = formula([lambda x, i=i: run(i, x)], out, cfg)
+    if end == len(layers):
+        final = model.get_decoder().norm
+        with replace_input(final, out):  # the final norm takes the hidden state positionally
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    else:
+        with replace_input(layers[end], out):
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return logits, calls["n"]
+
+
+def count_layer_calls(layers):
+    counts = [0] * len(layers)
+    hooks = [layer.register_forward_hook(lambda *a, j=j: counts.__setitem__(j, counts[j] + 1))
+             for j, layer in enumerate(layers)]
+    return counts, hooks
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["block", "layer"])
+def test_k1_and_beta1_equal_the_plain_model(tiny, family, mode):
+    model = tiny(family)
+    ids, mask = batch()
+    ref = plain_logits(model, ids, mask)
+    for cfg in (LoopConfig(window="2:4", k=1, integrator="naive", mode=mode),
+                LoopConfig(window="2:4", k=1, integrator="euler", mode=mode),
+                LoopConfig(window="2:4", k=3, integrator="anchored", beta=1.0, mode=mode)):
+        with looped(model, cfg):
+            out = plain_logits(model, ids, mask)
+        diff = (out - ref).abs().max().item()
+        assert diff <= 1e-6, f"{family} {mode} {cfg.integrator} k={cfg.k}: max |diff| {diff:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_strategy_equals_manual_reference(tiny, family):
+    model = tiny(family)
+    ids, mask = batch()
+    n_layers = describe(model).n_layers
+    worst = {}
+    for cfg in reference_cfgs():
+        for mode in ("block", "layer"):
+            if cfg.integrator == "uniform" and (mode == "layer" or describe(model).is_moe):
+                continue
+            cfg_m = cfg.replace(window="2:4", mode=mode)
+            ref, ref_calls = reference_logits(model, ids, mask, cfg_m, 2, 4, mode)
+            window = [describe(model).layers[i] for i in (2, 3)]
+            counts, hooks = count_layer_calls(window)
+            try:
+                with looped(model, cfg_m) as h:
+                    out = plain_logits(model, ids, mask)
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            diff = (out - ref).abs().max().item()
+            worst[(cfg.integrator, cfg.k, mode)] = diff
+            assert diff <= 1e-5, f"{family} {mode} {cfg.integrator} k={cfg.k}: max |diff| {diff:.3g}"
+            assert sum(counts) == ref_calls == h.stats.layer_calls, (counts, ref_calls, h.stats.layer_calls)
+            assert h.stats.window_passes_last == ref_calls / 2
+    assert n_layers >= 5 and worst
+
+
+def test_window_at_the_end_of_the_stack(tiny):
+    model = tiny("qwen3")
+    ids, mask = batch()
+    cfg = LoopConfig(window="4:6", k=3, integrator="euler", mode="block")
+    ref, _ = reference_logits(model, ids, mask, cfg, 4, 6, "block")
+    with looped(model, cfg):
+        out = plain_logits(model, ids, mask)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_padded_batch_rows_equal_rows_run_alone(tiny):
+    model = tiny("llama")
+    ids, mask = batch()
+    cfg = LoopConfig(window="2:4", k=3, integrator="euler", halt_tau=0.05)
+    with looped(model, cfg) as h:
+        full = plain_logits(model, ids, mask)
+        steps = h.stats.steps_last[0].tolist()
+        for r in range(ids.shape[0]):
+            keep = mask[r].bool()
+            alone = plain_logits(model, ids[r:r + 1, keep], mask[r:r + 1, keep])
+            diff = (alone[0] - full[r, keep]).abs().max().item()
+            assert diff <= 1e-5, f"row {r}: {diff:.3g}"
+            assert h.stats.steps_last[0].tolist() == [steps[r]]
+
+
+def test_restores_the_model_exactly_also_after_an_exception(tiny):
+    model = tiny("gemma3_text")
+    ids, mask = batch()
+    before = plain_logits(model, ids, mask)
+    layers = list(describe(model).layers)
+    keys = list(model.state_dict())
+    hook_counts = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+    dicts = [set(m.__dict__) for m in model.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with looped(model, LoopConfig(window="2:4", k=3, integrator="naive", kv="per_pass")):
+            plain_logits(model, ids, mask)
+            raise RuntimeError("boom")
+    assert list(describe(model).layers) == layers
+    assert list(model.state_dict()) == keys
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hook_counts
+    assert [set(m.__dict__) for m in model.modules()] == dicts
+    assert "generate" not in model.__dict__
+    assert torch.equal(plain_logits(model, ids, mask), before)
+
+
+def test_non_context_form(tiny):
+    model = tiny("qwen3")
+    ids, mask = batch()
+    ref = plain_logits(model, ids, mask)
+    h = looped(model, LoopConfig(window="2:4", k=4, integrator="naive")).apply()
+    try:
+        changed = plain_logits(model, ids, mask)
+    finally:
+        h.remove()
+    assert (changed - ref).abs().max() > 1e-3
+    assert torch.equal(plain_logits(model, ids, mask), ref)
