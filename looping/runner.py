@@ -34,6 +34,7 @@ from .config import LoopConfig
 from .integrators import get_integrator
 from .kv import KVStash
 from .moe import RoutingControl
+from .trace import Trace, UnitTrace
 
 
 @dataclasses.dataclass
@@ -107,19 +108,25 @@ class _Layer(nn.Module):
 class _Window:
     """The callable an integrator sees: g(x) runs every layer of the unit once."""
 
-    def __init__(self, handle: "LoopHandle", js: list[int]):
+    def __init__(self, handle: "LoopHandle", js: list[int], record: UnitTrace | None = None):
         self.layers = [lambda x, j=j: handle._call(j, x) for j in js]
+        self.record = record
 
     def __call__(self, x):
+        x_in = x
         for layer in self.layers:
             x = layer(x)
+        if self.record is not None:
+            self.record.inputs.append(x_in.detach())
+            self.record.outputs.append(x.detach())
         return x
 
 
 class LoopHandle:
     """Looping applied to one model. Use as a context manager, or `apply()` / `remove()`."""
 
-    def __init__(self, model: nn.Module, cfg: LoopConfig | Mapping[str, Any] | str | None = None, **options):
+    def __init__(self, model: nn.Module, cfg: LoopConfig | Mapping[str, Any] | str | None = None, *,
+                 trace: bool = False, **options):
         if cfg is None:
             cfg = LoopConfig.from_dict(options)
         elif isinstance(cfg, str):
@@ -142,6 +149,7 @@ class LoopHandle:
         self._decode_steps: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._applied = False
         self._hooks = []
+        self.trace: Trace | None = Trace() if trace else None
 
     # ---- install / restore -------------------------------------------------------------------
     def apply(self) -> "LoopHandle":
@@ -249,7 +257,12 @@ class LoopHandle:
         fwd.x0[js[0]] = x0
         if self.routing.valid is None:
             self.routing.valid = self._valid(x0.shape[1])
-        g = _Window(self, js)
+        record = None
+        if self.trace is not None:
+            s = self.resolved.start
+            record = UnitTrace(self.stats.forwards - 1, tuple(s + j for j in js), x0.detach())
+            self.trace.append(record)
+        g = _Window(self, js, record)
         if fwd.loop:
             res = self.integrator.fn(g, x0, self.config, self._valid(x0.shape[1]))
             out = res.out
@@ -266,11 +279,15 @@ class LoopHandle:
         for j in js:
             self.kv.finish(cache, self.slots[j])
         self.stats.window_passes_last = fwd.calls / len(self.window)
+        if record is not None:
+            record.out = out.detach()
         return out
 
 
-def looped(model: nn.Module, cfg: LoopConfig | Mapping[str, Any] | str | None = None, **options) -> LoopHandle:
+def looped(model: nn.Module, cfg: LoopConfig | Mapping[str, Any] | str | None = None, *,
+           trace: bool = False, **options) -> LoopHandle:
     """Loop a window of `model` (see LoopConfig). Returns a handle: use `with looped(...) as h:`
     or `h = looped(...).apply(); ...; h.remove()`. `cfg` may be a LoopConfig, a dict of its fields,
-    or a recipe name; keyword options override fields."""
-    return LoopHandle(model, cfg, **options)
+    or a recipe name; keyword options override fields. `trace=True` records the window's
+    trajectory in `handle.trace` (see looping.trace)."""
+    return LoopHandle(model, cfg, trace=trace, **options)
