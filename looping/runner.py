@@ -70,7 +70,7 @@ class _Defer(nn.Module):
 
     def __init__(self, handle: "LoopHandle", j: int):
         super().__init__()
-        self._handle = weakref.proxy(handle)  # not a submodule: holds no layer
+        self._handle = handle  # a plain attribute, not a submodule: _Defer holds no layer
         self.j = j
 
     def forward(self, hidden_states, **kwargs):
@@ -83,7 +83,7 @@ class _Block(nn.Module):
 
     def __init__(self, handle: "LoopHandle", layers):
         super().__init__()
-        self._handle = weakref.proxy(handle)
+        self._handle = handle
         self.inner = nn.ModuleList(layers)  # the original layers, registered once, here
 
     def forward(self, hidden_states, **kwargs):
@@ -96,7 +96,7 @@ class _Layer(nn.Module):
 
     def __init__(self, handle: "LoopHandle", j: int, layer):
         super().__init__()
-        self._handle = weakref.proxy(handle)
+        self._handle = handle
         self.j = j
         self.inner = layer
 
