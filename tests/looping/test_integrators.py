@@ -1,0 +1,550 @@
+"""Integrators on random tensors: formulas, convergence orders, halting, pass counts, config checks.
+
+No model: a window is a small stub (`Stub`) with `__call__` and `.layers`, e.g. the linear field
+g(x) = x + A x (float64) or two tanh residual layers. Each strategy is compared with a plain,
+hand-written reference of its formula below (written from DESIGN.md and the authors' loop_qwen3.py).
+"""
+import math
+import types
+
+import pytest
+import torch
+
+from looping import LoopConfig
+from looping.config import LoopConfigError
+from looping.integrators import INTEGRATORS, get_integrator
+
+B, T, C = 3, 5, 8
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+
+# ---- window stubs ----------------------------------------------------------------------------
+
+class Stub:
+    """A window made of per-token maps `fns`; counts evaluations and remembers the first input."""
+
+    def __init__(self, fns):
+        self.fns, self.layer_calls, self.first = list(fns), 0, None
+        self.layers = [self._counted(f) for f in self.fns]
+
+    def _counted(self, f):
+        def run(x):
+            if self.first is None:
+                self.first = x
+            self.layer_calls += 1
+            return f(x)
+        return run
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    @property
+    def passes(self):
+        return self.layer_calls / len(self.layers)
+
+
+def linear_layer(A):
+    return lambda x: x + x @ A.T
+
+
+def tanh_layers(seed=0, width=C, n=2):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        W = torch.randn(width, width, generator=gen, dtype=torch.float64) / math.sqrt(width)
+        b = 0.1 * torch.randn(width, generator=gen, dtype=torch.float64)
+        out.append(lambda x, W=W, b=b: x + 0.5 * torch.tanh(x @ W.T + b))
+    return out
+
+
+def rand(*shape, seed=1, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def run(name, fns, x0, valid=None, **cfg):
+    cfg = LoopConfig(k=cfg.pop("k"), integrator=name, **cfg)
+    stub = Stub(fns)
+    res = get_integrator(name).fn(stub, x0, cfg, valid)
+    return res, stub, cfg
+
+
+# ---- plain references (no halting) -----------------------------------------------------------
+
+def compose(fns):
+    def g(x):
+        for f in fns:
+            x = f(x)
+        return x
+    return g
+
+
+def tok_norm(x):
+    return x.norm(dim=-1, keepdim=True)
+
+
+def to_norm(x, n):
+    return x * (n / tok_norm(x))
+
+
+def ref_naive(fns, x0, c):
+    x = x0
+    for _ in range(c.k):
+        x = compose(fns)(x)
+    return x
+
+
+def ref_euler(fns, x0, c):
+    x, h = x0, c.alpha / c.k
+    for _ in range(c.k):
+        x = x + h * (compose(fns)(x) - x)
+    return x
+
+
+def ref_anchored(fns, x0, c):
+    out = c.beta * compose(fns)(x0) + (1 - c.beta) * ref_euler(fns, x0, c)
+    return to_norm(out, tok_norm(compose(fns)(x0))) if c.anchor_rescale else out
+
+
+def rk_solve(fns, x0, c, tableau):
+    """Explicit RK with Butcher tableau (a, b, cs) on F = g - id, K steps of 1/K."""
+    a, b = tableau
+    F, x, h = (lambda z: compose(fns)(z) - z), x0, 1.0 / c.k
+    for _ in range(c.k):
+        ks = []
+        for i in range(len(b)):
+            ks.append(F(x + h * sum(a[i][j] * ks[j] for j in range(i))))
+        x = x + h * sum(bi * ki for bi, ki in zip(b, ks))
+    return x
+
+
+def ref_heun(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [1.0]], [0.5, 0.5]))
+
+
+def ref_midpoint(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [0.5]], [0.0, 1.0]))
+
+
+def ref_rk4(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]))
+
+
+def ref_ema(fns, x0, c):
+    x = x0
+    for _ in range(c.k):
+        x = x + c.ema_alpha * (compose(fns)(x) - x)
+    return x
+
+
+def ref_ema_sched(fns, x0, c):
+    x = x0
+    for a in c.schedule:
+        x = x + a * (compose(fns)(x) - x)
+    return x
+
+
+def ref_residual_scaled(fns, x0, c):
+    return x0 + (ref_naive(fns, x0, c) - x0) / c.k
+
+
+def ref_input_anchor(fns, x0, c):
+    x = x0
+    for _ in range(c.k):
+        x = x0 + c.ema_alpha * (compose(fns)(x) - x0)
+    return x
+
+
+def ref_heavy_ball(fns, x0, c):
+    xs = [x0, x0]
+    for _ in range(c.k):
+        x, prev = xs[-1], xs[-2]
+        xs.append(x + c.ema_alpha * (compose(fns)(x) - x) + c.momentum * (x - prev))
+    return xs[-1]
+
+
+def ref_norm_stab(fns, x0, c):
+    x = x0
+    for _ in range(c.k):
+        x = to_norm(x + c.ema_alpha * (compose(fns)(x) - x), tok_norm(x0))
+    return x
+
+
+def ref_aitken(fns, x0, c):
+    x = x0.clone()
+    for _ in range(c.k // 2):
+        g1 = compose(fns)(x)
+        g2 = compose(fns)(g1)
+        new = g1.clone()  # coordinates without a meaningful second difference: plain Picard
+        d1, d2 = g1 - x, g2 - 2 * g1 + x
+        for idx in zip(*torch.nonzero(d2.abs() > 1e-3 * d1.abs() + 1e-4, as_tuple=True)):
+            s = d1[idx] ** 2 / d2[idx]
+            s = max(-abs(d1[idx]), min(abs(d1[idx]), s))
+            new[idx] = x[idx] - s
+        x = new
+    return x
+
+
+def ref_anderson(fns, x0, c, valid=None):
+    """Anderson per row, on that row's real tokens only (indexed, not masked)."""
+    g, beta = compose(fns), c.anderson_beta
+    xs, gs, x = [], [], x0
+    for _ in range(c.k):
+        G = g(x)
+        xs, gs = (xs + [x])[-(c.anderson_m + 1):], (gs + [G])[-(c.anderson_m + 1):]
+        m = len(xs) - 1
+        if m == 0:
+            x = (1 - beta) * x + beta * G
+            continue
+        new = []
+        for r in range(x.shape[0]):
+            keep = valid[r] if valid is not None else torch.ones(x.shape[1], dtype=torch.bool)
+            f = [(gs[i][r] - xs[i][r])[keep].reshape(-1) for i in range(m + 1)]
+            dF = torch.stack([f[i + 1] - f[i] for i in range(m)], 1)
+            M = dF.T @ dF
+            M = M + 1e-6 * max(M.diagonal().abs().max().item(), 1e-8) * torch.eye(m)
+            gamma = torch.linalg.solve(M, dF.T @ f[-1])
+            dX = torch.stack([xs[i + 1][r] - xs[i][r] for i in range(m)], -1)  # all tokens
+            dFr = torch.stack([(gs[i + 1][r] - xs[i + 1][r]) - (gs[i][r] - xs[i][r]) for i in range(m)], -1)
+            new.append((1 - beta) * (x[r] - dX @ gamma) + beta * (G[r] - dFr @ gamma))
+        x = torch.stack(new)
+    return x
+
+
+def ref_uniform(fns, x0, c):
+    outs = [[] for _ in fns]  # every output of every layer so far
+    x = x0
+    for _ in range(c.k):
+        for j, f in enumerate(fns):
+            outs[j].append(f(x))
+            x = sum(outs[j]) / len(outs[j])
+    return x
+
+
+def ref_norm_interp(fns, x0, c):
+    g, K = compose(fns), c.k
+    nat = g(x0)
+    N = [tok_norm(x0) + (tok_norm(nat) - tok_norm(x0)) * k / K for k in range(K + 1)]
+    h = to_norm(x0 + (nat - x0) / K, N[1])
+    for k in range(1, K):
+        h = h + (g(h) - h) / K
+        if k < K - 1:
+            h = to_norm(h, N[k + 1])
+    out = c.beta * nat + (1 - c.beta) * h
+    return to_norm(out, tok_norm(nat)) if c.anchor_rescale else out
+
+
+def ref_poly_blend(fns, x0, c):
+    powers = [x0]
+    for _ in range(c.k):
+        powers.append(compose(fns)(powers[-1]))
+    return sum(w * p for w, p in zip(c.schedule, powers))
+
+
+REFS = {name[4:]: f for name, f in globals().items() if name.startswith("ref_")}
+
+
+def cfgs_for(name, k):
+    extra = {}
+    if name == "ema_sched":
+        extra["schedule"] = (0.7, 0.4, 0.55)[:k]
+    if name == "poly_blend":
+        extra["schedule"] = (0.2, 0.5, 0.3) if k == 2 else (0.1, 0.4, 0.3, 0.2)
+    if name == "norm_interp":
+        return [dict(k=k, **extra), dict(k=k, beta=0.3, anchor_rescale=True)]
+    if name == "anchored":
+        return [dict(k=k), dict(k=k, beta=0.2, alpha=0.8, anchor_rescale=True)]
+    if name == "euler":
+        return [dict(k=k), dict(k=k, alpha=0.7)]
+    if name == "anderson":
+        return [dict(k=k), dict(k=k, anderson_m=1, anderson_beta=0.7)]
+    if name in ("ema", "input_anchor", "heavy_ball", "norm_stab"):
+        return [dict(k=k), dict(k=k, ema_alpha=0.3, momentum=0.6)]
+    return [dict(k=k, **extra)]
+
+
+def all_cases():
+    for name in INTEGRATORS:
+        for k in ((2, 4) if name == "aitken" else (2, 3)):
+            for extra in cfgs_for(name, k):
+                yield name, extra
+
+
+CASES = list(all_cases())
+
+
+# ---- every strategy equals its formula ---------------------------------------------------------
+
+def test_every_registered_integrator_has_a_reference():
+    assert set(REFS) == set(INTEGRATORS), set(REFS) ^ set(INTEGRATORS)
+
+
+@pytest.mark.parametrize("name,extra", CASES, ids=[f"{n}-{e}" for n, e in CASES])
+def test_equals_reference_formula(name, extra):
+    fns, x0 = tanh_layers(), rand(B, T, C)
+    before = x0.clone()
+    res, stub, cfg = run(name, fns, x0, **extra)
+    assert torch.equal(x0, before), f"{name} modified its input in place"
+    ref = REFS[name](fns, x0, cfg)
+    diff = (res.out - ref).abs().max().item()
+    assert diff <= 1e-10, f"{name} {extra}: max |diff| {diff:.3g}, mean {(res.out - ref).abs().mean():.3g}"
+    assert res.out.dtype == x0.dtype and res.out.shape == x0.shape
+    assert stub.first is x0, f"{name}: first evaluation was not g(x0) on the tensor it received"
+    assert stub.passes == get_integrator(name).passes(cfg), (name, stub.passes, get_integrator(name).passes(cfg))
+    assert res.steps is None  # halting off
+
+
+def test_anchored_beta1_passes_and_value():
+    fns, x0 = tanh_layers(), rand(B, T, C)
+    res, stub, cfg = run("anchored", fns, x0, k=5, beta=1.0)
+    assert torch.equal(res.out, compose(fns)(x0)) and stub.passes == get_integrator("anchored").passes(cfg) == 1
+
+
+# ---- linear field: exact forms and convergence orders -----------------------------------------
+
+def linear_case(seed=3):
+    A = rand(C, C, seed=seed)
+    A = 0.5 * A / torch.linalg.matrix_norm(A, ord=2)
+    return A, rand(2, 3, C, seed=seed + 1)
+
+
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("midpoint", 2), ("rk4", 4)])
+def test_convergence_order_on_a_linear_field(name, order):
+    A, x0 = linear_case()
+    exact = x0 @ torch.linalg.matrix_exp(A).T
+    ks, errs = [4, 8, 16, 32], []
+    for k in ks:
+        res, _, _ = run(name, [linear_layer(A)], x0, k=k)
+        errs.append((res.out - exact).norm().item())
+    lx, ly = torch.tensor(ks).log(), torch.tensor(errs).log()
+    slope = (((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum()).item()
+    assert abs(slope + order) <= 0.15, f"{name}: slope {slope:.3f}, expected {-order}; errors {errs}"
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_linear_naive_and_anchored_closed_forms(k):
+    A, x0 = linear_case()
+    I = torch.eye(C)
+    res, _, _ = run("naive", [linear_layer(A)], x0, k=k)
+    ref = x0 @ torch.linalg.matrix_power(I + A, k).T
+    assert (res.out - ref).abs().max() <= 1e-12
+    for beta in (0.0, 0.5, 0.8):
+        anc, _, _ = run("anchored", [linear_layer(A)], x0, k=k, beta=beta)
+        eul, _, _ = run("euler", [linear_layer(A)], x0, k=k)
+        ref = beta * (x0 + x0 @ A.T) + (1 - beta) * eul.out
+        assert (anc.out - ref).abs().max() <= 1e-12, f"beta={beta}"
+        # the Euler endpoint itself is (I + A/K)^K x0
+        assert (eul.out - x0 @ torch.linalg.matrix_power(I + A / k, k).T).abs().max() <= 1e-12
+
+
+def test_k1_and_beta1_are_exactly_the_natural_pass():
+    fns, x0 = tanh_layers(), rand(B, T, C)
+    natural = compose(fns)(x0)
+    for name, extra in [("naive", dict(k=1)), ("euler", dict(k=1)), ("anchored", dict(k=1)),
+                        ("anchored", dict(k=3, beta=1.0)), ("uniform", dict(k=1))]:
+        res, _, _ = run(name, fns, x0, **extra)
+        assert torch.equal(res.out, natural), f"{name} {extra}: max |diff| {(res.out - natural).abs().max():.3g}"
+    x32 = x0.float()
+    fns32 = [lambda x: torch.tanh(x) * 1.3 + x]
+    for name, extra in [("naive", dict(k=1)), ("euler", dict(k=1)), ("anchored", dict(k=3, beta=1.0))]:
+        res, _, _ = run(name, fns32, x32, **extra)
+        assert torch.equal(res.out, compose(fns32)(x32)), f"{name} {extra} fp32"
+
+
+def test_aitken_branches_on_known_fields():
+    """Oscillating contraction (c = -0.5): one Aitken step lands on the fixed point exactly (step
+    |x - p| < |d1|, unclipped). Monotone contraction (c = 0.5): the step |d1|/(1-c) is clipped to
+    |d1|, i.e. x <- g(x). Pure translation (d2 = 0): the safeguard falls back to x <- g(x)."""
+    p = rand(1, 1, 3, seed=2)
+    cs = torch.tensor([-0.5, 0.5, 1.0])
+    shift = torch.tensor([0.0, 0.0, 0.3])
+    g = lambda x: p + cs * (x - p) + shift  # noqa: E731
+    x0 = rand(1, 4, 3, seed=3)
+    res, _, _ = run("aitken", [g], x0, k=2)
+    assert (res.out[..., 0] - p[..., 0].expand(1, 4)).abs().max() <= 1e-12
+    assert (res.out[..., 1:] - g(x0)[..., 1:]).abs().max() <= 1e-12
+
+
+# ---- halting -------------------------------------------------------------------------------
+
+def contraction(c, p):
+    """g(x) = p + c (x - p), c of shape (rows, 1, 1): each row converges at its own rate."""
+    return lambda x: p + c * (x - p)
+
+
+def contraction_case():
+    c = torch.tensor([0.2, 0.5, 0.8]).view(3, 1, 1)
+    p = torch.zeros(3, 1, C)
+    p[..., 0] = 2.0                     # fixed point along channel 0 (same for every token)
+    x0 = rand(3, T, C, seed=7, scale=0.3)
+    x0[..., 0] = 2.0                    # x0 - p is orthogonal to p: ||x_k||^2 = ||p||^2 + c^2k ||d||^2
+    return c, p, x0
+
+
+def expected_naive_steps(c, p, x0, tau, k):
+    """First step n with ||x_n - x_{n-1}|| / ||x_{n-1}|| < tau (closed form), else K."""
+    d, pn = (x0 - p).norm().item(), p.expand_as(x0).norm().item()
+    for n in range(1, k + 1):
+        ratio = abs(c - 1) * c ** (n - 1) * d / math.sqrt(pn ** 2 + c ** (2 * (n - 1)) * d ** 2)
+        if ratio < tau:
+            return n
+    return k
+
+
+def test_rows_halt_at_the_steps_the_tolerance_implies():
+    c, p, x0 = contraction_case()
+    tau, k = 1e-3, 12
+    res, stub, _ = run("naive", [contraction(c, p)], x0, k=k, halt_tau=tau)
+    want = [expected_naive_steps(c[r].item(), p[r], x0[r], tau, k) for r in range(3)]
+    assert res.steps.tolist() == want and len(set(want)) == 3, (res.steps.tolist(), want)
+    assert stub.passes == max(want)  # stops evaluating once every row halted
+    for r in range(3):
+        closed = p[r] + c[r] ** want[r] * (x0[r] - p[r])
+        assert (res.out[r] - closed).abs().max() <= 1e-12
+
+
+HALTING = [n for n, s in INTEGRATORS.items() if s.halting]
+
+
+@pytest.mark.parametrize("name", HALTING)
+def test_halting_rows_equal_rows_run_alone_also_padded(name):
+    c, p, x0 = contraction_case()
+
+    def fns(rows):
+        # per-token maps: contraction to p plus a mild nonlinearity (elementwise: rows independent)
+        cr, pr = c[rows], p[rows]
+        return [lambda x: contraction(cr, pr)(x) + 0.05 * torch.tanh(x),
+                lambda x: x + 0.02 * torch.sin(x)]
+
+    # row 1 carries two padded tokens with garbage values
+    valid = torch.ones(3, T, dtype=torch.bool)
+    valid[1, :2] = False
+    xb = x0.clone()
+    xb[1, :2] = 1e3 * rand(2, C, seed=11)
+    seen = set()
+    for tau in (1e-1, 5e-2, 2e-2, 1e-2, 1e-4):
+        extra = dict(k=4 if name == "aitken" else 6, halt_tau=tau)
+        if name == "ema_sched":
+            extra["schedule"] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+        res, _, _ = run(name, fns([0, 1, 2]), xb, valid=valid, **extra)
+        assert res.steps is not None and res.steps.shape == (3,)
+        seen.add(len(set(res.steps.tolist())))
+        for r in range(3):
+            keep = valid[r]
+            alone, _, _ = run(name, fns([r]), x0[r:r + 1, keep], **extra)
+            diff = (alone.out[0] - res.out[r, keep]).abs().max().item()
+            assert diff <= 1e-12, f"{name} tau={tau} row {r}: max |diff| {diff:.3g} vs the row run alone"
+            assert alone.steps.tolist() == [res.steps[r].item()], (name, tau, r, alone.steps, res.steps)
+    assert max(seen) > 1, f"{name}: no tolerance made the rows halt at different steps"
+
+
+def test_halting_never_triggered_gives_k_steps_and_same_output():
+    fns, x0 = tanh_layers(), rand(B, T, C)
+    for name in HALTING:
+        extra = cfgs_for(name, 2 if name == "aitken" else 3)[0]
+        res, _, _ = run(name, fns, x0, halt_tau=1e-12, **extra)
+        plain, _, _ = run(name, fns, x0, **extra)
+        assert torch.equal(res.out, plain.out), name
+        steps = extra["k"] // 2 if name == "aitken" else extra["k"]
+        assert res.steps.tolist() == [steps] * B, (name, res.steps)
+
+
+# ---- anderson: per-row least squares --------------------------------------------------------
+
+@pytest.mark.parametrize("m,beta", [(1, 1.0), (2, 1.0), (3, 0.6)])
+def test_anderson_rows_are_independent(m, beta):
+    fns, x0 = tanh_layers(seed=5), rand(4, T, C, seed=9)
+    x0[2] *= 3.0  # rows on very different scales would pull a shared least squares apart
+    res, _, cfg = run("anderson", fns, x0, k=5, anderson_m=m, anderson_beta=beta)
+    for r in range(4):
+        alone, _, _ = run("anderson", fns, x0[r:r + 1], k=5, anderson_m=m, anderson_beta=beta)
+        diff = (alone.out[0] - res.out[r]).abs().max().item()
+        assert diff <= 1e-12, f"row {r}: max |diff| {diff:.3g}"
+    ref = ref_anderson(fns, x0, cfg)
+    assert (res.out - ref).abs().max() <= 1e-10
+
+
+def test_anderson_ignores_padded_tokens():
+    fns, x0 = tanh_layers(seed=5), rand(3, T, C, seed=9)
+    valid = torch.ones(3, T, dtype=torch.bool)
+    valid[0, :3] = False
+    valid[2, :1] = False
+    garbage = x0.clone()
+    garbage[~valid] = 50.0 * rand(int((~valid).sum()), C, seed=4)
+    res, _, cfg = run("anderson", fns, garbage, valid=valid, k=5)
+    ref = ref_anderson(fns, garbage, cfg, valid)
+    assert (res.out[valid] - ref[valid]).abs().max() <= 1e-10
+    for r in range(3):
+        alone, _, _ = run("anderson", fns, x0[r:r + 1, valid[r]], k=5)
+        diff = (alone.out[0] - res.out[r, valid[r]]).abs().max().item()
+        assert diff <= 1e-12, f"row {r}: max |diff| {diff:.3g}"
+
+
+def test_low_precision_inputs_keep_their_dtype():
+    fns = [lambda x: x + 0.5 * torch.tanh(x)]
+    x0 = rand(2, T, C).to(torch.bfloat16)
+    for name, extra in CASES:
+        res, _, cfg = run(name, fns, x0, **extra)
+        assert res.out.dtype == torch.bfloat16 and torch.isfinite(res.out).all(), name
+        if name in ("aitken", "anderson"):
+            continue  # acceleration divides by second differences: bf16 rounding flips its branches
+        ref = REFS[name](fns, x0.double(), cfg)
+        rel = ((res.out.double() - ref).abs().max() / ref.abs().max()).item()
+        assert rel <= 0.1, f"{name} {extra}: bf16 vs float64 reference, max relative diff {rel:.3g}"
+
+
+# ---- config constraints ---------------------------------------------------------------------
+
+def test_spec_metadata():
+    assert INTEGRATORS["uniform"].dense_only
+    assert [n for n, s in INTEGRATORS.items() if s.dense_only] == ["uniform"]
+    assert {n for n, s in INTEGRATORS.items() if not s.halting} == {"residual_scaled", "poly_blend", "norm_interp"}
+    passes = {n: INTEGRATORS[n].passes(LoopConfig(k=4, integrator=n, **(
+        {"schedule": (0.25,) * 4} if n == "ema_sched" else {"schedule": (0.2,) * 5} if n == "poly_blend" else {})))
+        for n in INTEGRATORS}
+    assert passes == {**{n: 4 for n in INTEGRATORS}, "heun": 8, "midpoint": 8, "rk4": 16}
+    for n, s in INTEGRATORS.items():
+        assert "loop_qwen3.py" in s.doc, f"{n}: docstring must cite the authors' code"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(integrator="aitken", k=3), r"k must be even; got k=3"),
+    (dict(integrator="aitken", k=1), r"k must be even; got k=1"),
+    (dict(integrator="ema_sched", k=3, schedule=(0.5, 0.5)), r"schedule of length 3.*got 2 values"),
+    (dict(integrator="ema_sched", k=2), r"schedule of length 2.*got none"),
+    (dict(integrator="poly_blend", k=2, schedule=(0.5, 0.5)), r"schedule of length 3.*got 2 values"),
+    (dict(integrator="poly_blend", k=2, schedule=(0.5, 0.5, 0.5)), r"sum to 1.*sums to 1\.5"),
+    (dict(integrator="residual_scaled", k=3, halt_tau=0.01), r"does not support early halting.*naive"),
+    (dict(integrator="poly_blend", k=1, schedule=(0.5, 0.5), halt_tau=0.01), r"does not support early halting"),
+    (dict(integrator="norm_interp", k=3, halt_tau=0.01), r"does not support early halting"),
+    (dict(integrator="rk5", k=3), r"unknown integrator 'rk5'.*Did you mean 'rk4'"),
+])
+def test_bad_configs_raise_helpful_errors(kwargs, match):
+    with pytest.raises(LoopConfigError, match=match):
+        LoopConfig(**kwargs)
+
+
+def test_good_configs_pass():
+    LoopConfig(integrator="aitken", k=4)
+    LoopConfig(integrator="ema_sched", k=2, schedule="0.5 0.3")
+    LoopConfig(integrator="poly_blend", k=2, schedule=(0.1, 0.2, 0.7))
+    LoopConfig(integrator="poly_blend", k=2, schedule=(0.1, 0.2, 0.7 + 5e-7))
+
+
+def test_uniform_is_refused_on_moe_windows(monkeypatch):
+    import looping.arch as arch
+    info = types.SimpleNamespace(n_layers=6, is_moe=True, moe_layers=[True] * 6, model_type="toy_moe",
+                                 mask_layers=[0])
+    monkeypatch.setattr(arch, "describe", lambda model: info)
+    with pytest.raises(LoopConfigError, match=r"'uniform' is for dense windows only.*MoE layers"):
+        LoopConfig(window="2:4", k=2, integrator="uniform").resolve(object())
+    LoopConfig(window="2:4", k=2, integrator="euler").resolve(object())  # others are fine
