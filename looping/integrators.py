@@ -12,7 +12,6 @@ Invariants (tests pin them):
 - The first evaluation of every integrator is `g(x0)` on the unchanged input tensor `x0` (the
   "natural pass"; kv='first' reuses its K/V).
 - With halting, a row's result depends on that row alone (norms over its real tokens).
-
 - Integrators that accept `halt_tau` (spec.halting) produce a state per step; residual_scaled,
   poly_blend and norm_interp do not (their output is defined only by the full chain).
 
