@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 MODES = ("auto", "block", "layer")

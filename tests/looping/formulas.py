@@ -1,213 +1,216 @@
-"""Straightforward references of every strategy, written from DESIGN.md / the authors' formulas.
+"""Plain, hand-written references of every strategy (no halting, no registry, no runner).
 
-Each takes `layers` (a list of per-layer callables; the window map is their composition), the entry
-state `x0` and a LoopConfig, and returns the window output. No halting, no registry, no runner.
+Written from DESIGN.md and the formulas of the authors' loop_qwen3.py. Each reference takes `fns`
+(per-layer maps; the window map g is their composition), the entry state x0 and a LoopConfig.
+Used by the integrator tests (random tensors, float64) and the model-level schedule tests.
 """
 import torch
 
 from looping import LoopConfig
+from looping.integrators import INTEGRATORS
 
 
-def compose(layers):
+def compose(fns):
     def g(x):
-        for f in layers:
+        for f in fns:
             x = f(x)
         return x
     return g
 
 
-def rescale(a, n):
-    return (a.float() * (n / a.float().norm(dim=-1, keepdim=True).clamp_min(1e-6))).to(a.dtype)
+def tok_norm(x):
+    return x.norm(dim=-1, keepdim=True)
 
 
-def naive(layers, x0, c):
-    g, x = compose(layers), x0
+def to_norm(x, n):
+    return x * (n / tok_norm(x))
+
+
+def ref_naive(fns, x0, c):
+    x = x0
     for _ in range(c.k):
-        x = g(x)
+        x = compose(fns)(x)
     return x
 
 
-def euler(layers, x0, c):
-    g, x = compose(layers), x0
-    if c.k == 1 and c.alpha == 1.0:
-        return g(x0)
+def ref_euler(fns, x0, c):
+    x, h = x0, c.alpha / c.k
     for _ in range(c.k):
-        x = x + (c.alpha / c.k) * (g(x) - x)
+        x = x + h * (compose(fns)(x) - x)
     return x
 
 
-def anchored(layers, x0, c):
-    natural = compose(layers)(x0)
-    if c.beta == 1.0:
-        return natural
-    # the K-step damped Euler endpoint, with its first evaluation being the natural pass
-    g, x, h = compose(layers), x0, c.alpha / c.k
-    x = x + h * (natural - x)
-    for _ in range(c.k - 1):
-        x = x + h * (g(x) - x)
-    return c.beta * natural + (1 - c.beta) * x
+def ref_anchored(fns, x0, c):
+    out = c.beta * compose(fns)(x0) + (1 - c.beta) * ref_euler(fns, x0, c)
+    return to_norm(out, tok_norm(compose(fns)(x0))) if c.anchor_rescale else out
 
 
-def _rk(layers, x0, c, stages):
-    g, x, h = compose(layers), x0, 1.0 / c.k
-    F = lambda z: g(z) - z  # noqa: E731
+def rk_solve(fns, x0, c, tableau):
+    """Explicit RK with Butcher tableau (a, b, cs) on F = g - id, K steps of 1/K."""
+    a, b = tableau
+    F, x, h = (lambda z: compose(fns)(z) - z), x0, 1.0 / c.k
     for _ in range(c.k):
-        x = stages(F, x, h)
+        ks = []
+        for i in range(len(b)):
+            ks.append(F(x + h * sum(a[i][j] * ks[j] for j in range(i))))
+        x = x + h * sum(bi * ki for bi, ki in zip(b, ks))
     return x
 
 
-def heun(layers, x0, c):
-    def step(F, x, h):
-        k1 = F(x)
-        k2 = F(x + h * k1)
-        return x + h / 2 * (k1 + k2)
-    return _rk(layers, x0, c, step)
+def ref_heun(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [1.0]], [0.5, 0.5]))
 
 
-def midpoint(layers, x0, c):
-    return _rk(layers, x0, c, lambda F, x, h: x + h * F(x + h / 2 * F(x)))
+def ref_midpoint(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [0.5]], [0.0, 1.0]))
 
 
-def rk4(layers, x0, c):
-    def step(F, x, h):
-        k1 = F(x)
-        k2 = F(x + h / 2 * k1)
-        k3 = F(x + h / 2 * k2)
-        k4 = F(x + h * k3)
-        return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return _rk(layers, x0, c, step)
+def ref_rk4(fns, x0, c):
+    return rk_solve(fns, x0, c, ([[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]))
 
 
-def ema(layers, x0, c):
-    g, x = compose(layers), x0
+def ref_ema(fns, x0, c):
+    x = x0
     for _ in range(c.k):
-        x = (1 - c.ema_alpha) * x + c.ema_alpha * g(x)
+        x = x + c.ema_alpha * (compose(fns)(x) - x)
     return x
 
 
-def ema_sched(layers, x0, c):
-    g, x = compose(layers), x0
+def ref_ema_sched(fns, x0, c):
+    x = x0
     for a in c.schedule:
-        x = (1 - a) * x + a * g(x)
+        x = x + a * (compose(fns)(x) - x)
     return x
 
 
-def residual_scaled(layers, x0, c):
-    return x0 + (naive(layers, x0, c) - x0) / c.k
+def ref_residual_scaled(fns, x0, c):
+    return x0 + (ref_naive(fns, x0, c) - x0) / c.k
 
 
-def input_anchor(layers, x0, c):
-    g, x = compose(layers), x0
+def ref_input_anchor(fns, x0, c):
+    x = x0
     for _ in range(c.k):
-        x = c.ema_alpha * g(x) + (1 - c.ema_alpha) * x0
+        x = x0 + c.ema_alpha * (compose(fns)(x) - x0)
     return x
 
 
-def heavy_ball(layers, x0, c):
-    g, x, prev = compose(layers), x0, x0
+def ref_heavy_ball(fns, x0, c):
+    xs = [x0, x0]
     for _ in range(c.k):
-        x, prev = x + c.ema_alpha * (g(x) - x) + c.momentum * (x - prev), x
-    return x
+        x, prev = xs[-1], xs[-2]
+        xs.append(x + c.ema_alpha * (compose(fns)(x) - x) + c.momentum * (x - prev))
+    return xs[-1]
 
 
-def norm_stab(layers, x0, c):
-    g, x = compose(layers), x0
-    target = x0.float().norm(dim=-1, keepdim=True)
+def ref_norm_stab(fns, x0, c):
+    x = x0
     for _ in range(c.k):
-        x = rescale((1 - c.ema_alpha) * x + c.ema_alpha * g(x), target)
+        x = to_norm(x + c.ema_alpha * (compose(fns)(x) - x), tok_norm(x0))
     return x
 
 
-def aitken(layers, x0, c):
-    g, x = compose(layers), x0
+def ref_aitken(fns, x0, c):
+    x = x0.clone()
     for _ in range(c.k // 2):
-        g1 = g(x)
-        g2 = g(g1)
-        d1 = (g1 - x).float()
-        d2 = (g2 - 2 * g1 + x).float()
-        use = d2.abs() > 1e-3 * d1.abs() + 1e-4
-        step = torch.where(use, d1 * d1 / torch.where(use, d2, torch.ones_like(d2)), -d1)
-        step = torch.maximum(torch.minimum(step, d1.abs()), -d1.abs())
-        x = (x.float() - step).to(x.dtype)
+        g1 = compose(fns)(x)
+        g2 = compose(fns)(g1)
+        new = g1.clone()  # coordinates without a meaningful second difference: plain Picard
+        d1, d2 = g1 - x, g2 - 2 * g1 + x
+        for idx in zip(*torch.nonzero(d2.abs() > 1e-3 * d1.abs() + 1e-4, as_tuple=True)):
+            s = d1[idx] ** 2 / d2[idx]
+            s = max(-abs(d1[idx]), min(abs(d1[idx]), s))
+            new[idx] = x[idx] - s
+        x = new
     return x
 
 
-def anderson(layers, x0, c):
-    """Type-II Anderson, least squares per row (batch element), as the library documents."""
-    g, x = compose(layers), x0
-    xs, gs = [], []
+def ref_anderson(fns, x0, c, valid=None):
+    """Anderson per row, on that row's real tokens only (indexed, not masked)."""
+    g, beta = compose(fns), c.anderson_beta
+    xs, gs, x = [], [], x0
     for _ in range(c.k):
         G = g(x)
         xs, gs = (xs + [x])[-(c.anderson_m + 1):], (gs + [G])[-(c.anderson_m + 1):]
         m = len(xs) - 1
         if m == 0:
-            x = (1 - c.anderson_beta) * x + c.anderson_beta * G
+            x = (1 - beta) * x + beta * G
             continue
-        rows = []
-        for b in range(x.shape[0]):
-            f = [(gs[i][b] - xs[i][b]).float().reshape(-1) for i in range(m + 1)]
-            dF = torch.stack([f[i + 1] - f[i] for i in range(m)], dim=1)
-            dX = torch.stack([(xs[i + 1][b] - xs[i][b]).float().reshape(-1) for i in range(m)], dim=1)
-            A = dF.T @ dF
-            A = A + 1e-6 * A.diagonal().abs().max().clamp_min(1e-8) * torch.eye(m, dtype=A.dtype)
-            gamma = torch.linalg.solve(A, dF.T @ f[-1])
-            xb = (1 - c.anderson_beta) * (x[b].float().reshape(-1) - dX @ gamma) \
-                + c.anderson_beta * (G[b].float().reshape(-1) - dF @ gamma)
-            rows.append(xb.reshape(x[b].shape).to(x.dtype))
-        x = torch.stack(rows)
+        new = []
+        for r in range(x.shape[0]):
+            keep = valid[r] if valid is not None else torch.ones(x.shape[1], dtype=torch.bool)
+            f = [(gs[i][r] - xs[i][r])[keep].reshape(-1) for i in range(m + 1)]
+            dF = torch.stack([f[i + 1] - f[i] for i in range(m)], 1)
+            M = dF.T @ dF
+            M = M + 1e-6 * max(M.diagonal().abs().max().item(), 1e-8) * torch.eye(m)
+            gamma = torch.linalg.solve(M, dF.T @ f[-1])
+            dX = torch.stack([xs[i + 1][r] - xs[i][r] for i in range(m)], -1)  # all tokens
+            dFr = torch.stack([(gs[i + 1][r] - xs[i + 1][r]) - (gs[i][r] - xs[i][r]) for i in range(m)], -1)
+            new.append((1 - beta) * (x[r] - dX @ gamma) + beta * (G[r] - dFr @ gamma))
+        x = torch.stack(new)
     return x
 
 
-def uniform(layers, x0, c):
-    sums, x = [None] * len(layers), x0
-    for t in range(c.k):
-        for j, f in enumerate(layers):
-            y = f(x)
-            sums[j] = y if sums[j] is None else sums[j] + y
-            x = sums[j] / (t + 1)
+def ref_uniform(fns, x0, c):
+    outs = [[] for _ in fns]  # every output of every layer so far
+    x = x0
+    for _ in range(c.k):
+        for j, f in enumerate(fns):
+            outs[j].append(f(x))
+            x = sum(outs[j]) / len(outs[j])
     return x
 
 
-def norm_interp(layers, x0, c):
-    g, K = compose(layers), c.k
-    natural = g(x0)
-    n0, n1 = x0.float().norm(dim=-1, keepdim=True), natural.float().norm(dim=-1, keepdim=True)
-    target = lambda k: n0 + (n1 - n0) * (k / K)  # noqa: E731
-    h = rescale((1 - 1 / K) * x0 + natural / K, target(1))
+def ref_norm_interp(fns, x0, c):
+    g, K = compose(fns), c.k
+    nat = g(x0)
+    N = [tok_norm(x0) + (tok_norm(nat) - tok_norm(x0)) * k / K for k in range(K + 1)]
+    h = to_norm(x0 + (nat - x0) / K, N[1])
     for k in range(1, K):
-        h = (1 - 1 / K) * h + g(h) / K
+        h = h + (g(h) - h) / K
         if k < K - 1:
-            h = rescale(h, target(k + 1))
-    out = c.beta * natural + (1 - c.beta) * h
-    return rescale(out, n1) if c.anchor_rescale else out
+            h = to_norm(h, N[k + 1])
+    out = c.beta * nat + (1 - c.beta) * h
+    return to_norm(out, tok_norm(nat)) if c.anchor_rescale else out
 
 
-def poly_blend(layers, x0, c):
-    g, y, out = compose(layers), x0, c.schedule[0] * x0
-    for w in c.schedule[1:]:
-        y = g(y)
-        out = out + w * y
-    return out
+def ref_poly_blend(fns, x0, c):
+    powers = [x0]
+    for _ in range(c.k):
+        powers.append(compose(fns)(powers[-1]))
+    return sum(w * p for w, p in zip(c.schedule, powers))
 
 
-REFERENCES = {f.__name__: f for f in (
-    naive, euler, anchored, heun, midpoint, rk4, ema, ema_sched, residual_scaled, input_anchor,
-    heavy_ball, norm_stab, aitken, anderson, uniform, norm_interp, poly_blend)}
+REFS = {name[4:]: f for name, f in globals().items() if name.startswith("ref_")}
+
+
+def cfgs_for(name, k):
+    extra = {}
+    if name == "ema_sched":
+        extra["schedule"] = (0.7, 0.4, 0.55)[:k]
+    if name == "poly_blend":
+        extra["schedule"] = (0.2, 0.5, 0.3) if k == 2 else (0.1, 0.4, 0.3, 0.2)
+    if name == "norm_interp":
+        return [dict(k=k, **extra), dict(k=k, beta=0.3, anchor_rescale=True)]
+    if name == "anchored":
+        return [dict(k=k), dict(k=k, beta=0.2, alpha=0.8, anchor_rescale=True)]
+    if name == "euler":
+        return [dict(k=k), dict(k=k, alpha=0.7)]
+    if name == "anderson":
+        return [dict(k=k), dict(k=k, anderson_m=1, anderson_beta=0.7)]
+    if name in ("ema", "input_anchor", "heavy_ball", "norm_stab"):
+        return [dict(k=k), dict(k=k, ema_alpha=0.3, momentum=0.6)]
+    return [dict(k=k, **extra)]
+
+
+def all_cases():
+    for name in INTEGRATORS:
+        for k in ((2, 4) if name == "aitken" else (2, 3)):
+            for extra in cfgs_for(name, k):
+                yield name, extra
+
+
 
 
 def reference_cfgs():
-    """One LoopConfig per strategy and K in {2, 3} (aitken: K in {2, 4})."""
-    out = []
-    for name in REFERENCES:
-        for k in ((2, 4) if name == "aitken" else (2, 3)):
-            extra = {}
-            if name == "ema_sched":
-                extra["schedule"] = tuple([0.6, 0.4, 0.5][:k])
-            if name == "poly_blend":
-                extra["schedule"] = tuple([0.2, 0.5, 0.3] if k == 2 else [0.1, 0.4, 0.3, 0.2])
-            if name == "euler" and k == 3:
-                extra["alpha"] = 0.8
-            if name == "norm_interp" and k == 3:
-                extra["anchor_rescale"] = True
-            out.append(LoopConfig(window="0:1", k=k, integrator=name, **extra))
-    return out
+    """LoopConfigs covering every strategy at K in {2, 3} (aitken: {2, 4}) with parameter variants."""
+    return [LoopConfig(window="0:1", integrator=name, **extra) for name, extra in all_cases()]

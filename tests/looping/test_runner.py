@@ -13,7 +13,7 @@ import torch
 from looping import LoopConfig, looped
 from looping.arch import describe
 from tests.looping.families import DENSE, MOE
-from tests.looping.formulas import REFERENCES, reference_cfgs
+from tests.looping.formulas import REFS, reference_cfgs
 
 FAMILIES = DENSE + MOE
 
@@ -73,15 +73,16 @@ def reference_logits(model, ids, mask, cfg, start, end, mode):
         calls["n"] += 1
         return layers[i](x, **seen[i][1])
 
-    formula = REFERENCES[cfg.integrator]
+    formula = REFS[cfg.integrator]
+    extra = {"valid": mask.bool()} if cfg.integrator == "anderson" else {}
     x0 = seen[start][0]
     if mode == "block":
         block = [lambda x, i=i: run(i, x) for i in range(start, end)]
-        out = formula(block, x0, cfg)
+        out = formula(block, x0, cfg, **extra)
     else:
         out = x0
         for i in range(start, end):
-            out = formula([lambda x, i=i: run(i, x)], out, cfg)
+            out = formula([lambda x, i=i: run(i, x)], out, cfg, **extra)
     if end == len(layers):
         final = model.get_decoder().norm
         with replace_input(final, out):  # the final norm takes the hidden state positionally
