@@ -1,0 +1,163 @@
+"""Every config under configs/ composes; presets agree with LoopConfig, the recipes and the paper's
+window table; every experiment composes with the Slurm launcher (compose only, nothing submitted)."""
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from looping import RECIPES, LoopConfig
+from looping.config import WindowSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+LOOP_FIELDS = {f.name for f in dataclasses.fields(LoopConfig)}
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def hydra_ctx():
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name="test"):
+        yield
+
+
+def test_primary_config_is_multirun(hydra_ctx):
+    cfg = compose("sweep", return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.model.name == "embedded" and cfg.loop.integrator == "anchored"
+
+
+def every_config_file():
+    out = []
+    for p in sorted(CONFIGS.rglob("*.yaml")):
+        rel = p.relative_to(CONFIGS)
+        if rel.parts[0] == "sweep.yaml":
+            continue
+        out.append("/".join(rel.with_suffix("").parts))
+    return out
+
+
+@pytest.mark.parametrize("name", every_config_file())
+def test_every_config_file_composes(hydra_ctx, name):
+    group, option = name.rsplit("/", 1)
+    if group == "decode":
+        override = f"+decode={option}"
+    else:
+        override = f"{group}={option}"
+    extra = ["allow_code_eval=true"]
+    cfg = compose("sweep", overrides=[override] + extra, return_hydra_config=True)
+    OmegaConf.to_container(cfg.model, resolve=True)
+    OmegaConf.to_container(cfg.task, resolve=True)
+    if cfg.loop is not None:
+        loop = OmegaConf.to_container(cfg.loop, resolve=True)
+        assert set(loop) <= LOOP_FIELDS, f"{name}: unknown loop keys {set(loop) - LOOP_FIELDS}"
+    if group == "hydra/launcher":
+        assert cfg.hydra.launcher._target_
+
+
+@pytest.mark.parametrize("option", [o for o in options("loop") if o != "baseline"])
+def test_loop_presets_are_valid_loop_configs(hydra_ctx, option):
+    cfg = compose("sweep", overrides=[f"loop={option}", "model=qwen3-4b"])
+    loop = OmegaConf.to_container(cfg.loop, resolve=True)
+    assert set(loop) == LOOP_FIELDS, f"loop/{option}: keys differ from LoopConfig's fields"
+    lc = LoopConfig.from_dict(loop)
+    assert lc.window.layers(36)
+    if option in RECIPES:
+        for key, want in RECIPES[option].values.items():
+            assert loop[key] == want, f"loop/{option}: {key}={loop[key]!r}, recipe says {want!r}"
+
+
+def test_every_recipe_and_integrator_has_a_preset():
+    from looping import INTEGRATORS
+    names = set(options("loop"))
+    assert set(RECIPES) <= names
+    assert set(INTEGRATORS) <= names, f"missing loop presets: {set(INTEGRATORS) - names}"
+    assert "baseline" in names
+
+
+def test_baseline_preset_is_null(hydra_ctx):
+    assert compose("sweep", overrides=["loop=baseline"]).loop is None
+
+
+def _paper_windows():
+    rows = list(csv.DictReader(open(ROOT / "harness" / "data" / "windows.csv")))
+    return {r["model"].lower(): r for r in rows}
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_presets(hydra_ctx, option):
+    m = compose("sweep", overrides=[f"model={option}"]).model
+    assert m.window_source in ("paper", "code", "depth-rule")
+    assert m.window_provenance
+    assert m.mode in ("block", "layer")
+    assert m.mode == ("layer" if m.moe else "block")
+    if option == "embedded":
+        return
+    assert "/" in m.path and m.n_layers > 0
+    s, e = WindowSpec.parse(m.window).layers(m.n_layers)
+    paper = _paper_windows()
+    family = {"qwen3-1.7b": "qwen3-1.7b", "qwen3-4b": "qwen3-4b", "qwen3-30b-a3b": "qwen3-30b-a3b",
+              "llama-3.2-3b": "llama-3.2-3b", "moonlight-16b-a3b": "moonlight-16b-a3b",
+              "qwen1.5-moe-a2.7b": "qwen1.5-moe-a2.7b", "deepseek-v2-lite": "deepseek-v2-lite"}
+    key = next((v for k, v in family.items() if option == k or option.startswith(k + "-")), None)
+    if key is None:
+        assert m.window_source == "depth-rule"
+        return
+    row = paper[key]
+    assert int(row["layers"]) == m.n_layers
+    assert f"{s}:{e}" in row["window_half_open"].split(" or "), (option, m.window, row)
+
+
+def test_qwen3_30b_has_both_published_windows(hydra_ctx):
+    a = compose("sweep", overrides=["model=qwen3-30b-a3b"]).model
+    b = compose("sweep", overrides=["model=qwen3-30b-a3b-code"]).model
+    assert (a.window, a.window_source) == ("22:25", "paper")
+    assert (b.window, b.window_source) == ("22:26", "code")
+    assert a.path == b.path == "Qwen/Qwen3-30B-A3B-Instruct-2507"
+
+
+def test_task_presets(hydra_ctx):
+    want = {"mmlu_pro": ("mmlu_pro", 5, "exact_match,custom-extract"),
+            "gpqa_main": ("gpqa_main_zeroshot", 0, "acc,none"),
+            "csqa": ("commonsense_qa", 7, "acc,none"), "arc_challenge": ("arc_challenge", 25, "acc,none"),
+            "openbookqa": ("openbookqa", 0, "acc,none")}
+    for name, (task, shots, metric) in want.items():
+        t = compose("sweep", overrides=[f"task={name}"]).task
+        assert (t.task, t.num_fewshot, t.metric) == (task, shots, metric)
+    assert compose("sweep", overrides=["task=gsm8k"]).task.limit == 200
+    assert compose("sweep", overrides=["task=mbpp"]).task.unsafe_code is True
+    suite = compose("sweep", overrides=["task=suite16"]).task
+    assert len(suite.task) == 16 and suite.aggregate.name == "suite16"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_composes_with_slurm(hydra_ctx, experiment):
+    header = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:15]
+    assert any(f"python sweep.py experiment={experiment}" in line for line in header), \
+        f"experiment/{experiment}.yaml: the header must give the exact command"
+    cfg = compose("sweep", overrides=[f"experiment={experiment}", "hydra/launcher=slurm"],
+                  return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition and launcher.gpus_per_node == 1 and launcher.array_parallelism > 0
+    assert launcher.timeout_min > 0 and isinstance(list(launcher.setup), list)
+    assert cfg.hydra.sweeper.params, f"experiment/{experiment}: no grid in hydra.sweeper.params"
+    # every combination of the experiment's grid composes (first value of each sweep)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    combos = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    for combo in (combos[0], combos[-1]):
+        c = compose("sweep", overrides=[f"experiment={experiment}", "hydra/launcher=slurm"] + combo)
+        if c.loop is not None:
+            LoopConfig.from_dict(OmegaConf.to_container(c.loop, resolve=True))
+
+
+def test_submitit_local_launcher_composes(hydra_ctx):
+    cfg = compose("sweep", overrides=["hydra/launcher=submitit_local"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
