@@ -484,8 +484,6 @@ def evaluate_spec(spec: CellSpec, model, tokenizer, *, cache_path: str | None, a
 def build_record(spec: CellSpec, results: dict | None, *, status: str, error: str | None,
                  wall_time_s: float, device: str, model=None, lm=None,
                  peak_mem_bytes: int | None = None) -> dict:
-    from harness.adapter import sample_rows
-
     cid = cell_id(spec)
     loop_resolved = None
     window_passes = 0 if spec.loop is None else None
@@ -500,6 +498,7 @@ def build_record(spec: CellSpec, results: dict | None, *, status: str, error: st
     metrics, samples, lm_eval_config = {}, {}, None
     layer_calls, routing_change = None, None
     if results is not None:
+        from harness.adapter import sample_rows
         res = results.get("results") or {}
         for t in spec.tasks:
             metrics[t] = {k: v for k, v in (res.get(t) or {}).items() if k != "alias"}

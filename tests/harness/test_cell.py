@@ -274,3 +274,14 @@ def test_wandb_errors_never_fail(tmp_path, monkeypatch, capsys):
     t = Tracker(mode="online", dir=tmp_path / "w")
     assert t.log_cell({"cell_id": "x", "status": "ok", "spec": {}, "metrics": {}}, name="x") is None
     assert t.errors and "wandb logging failed" in capsys.readouterr().err
+
+
+def test_wandb_two_records_in_one_process_are_two_offline_runs(tmp_path, monkeypatch):
+    from harness.tracking import Tracker
+    from tests.harness.test_store import record
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    t = Tracker(group="grid0", dir=tmp_path)
+    ids = [t.log_cell(record("a00000000000"), name="loop.k=2"),
+           t.log_cell(record("b00000000000", loop=False), name="loop=baseline")]
+    assert None not in ids and len(set(ids)) == 2, t.errors
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
