@@ -1,0 +1,334 @@
+"""plots: the report's figures, as pure functions of the report's long tables (DataFrame -> Figure).
+
+    fig = plot_collapse(report.collapse_table(results, samples))
+    fig.savefig("figures/collapse.png")            # scripts/make_report.py also writes the CSV it plots
+
+Owns: one figure per table (collapse, strategy comparison, depth fraction, MoE block vs layer x
+routing, cost) and the shared look (`style()`: font sizes, grid, one colour per strategy / model).
+Figures are built as `matplotlib.figure.Figure` on the Agg canvas, never through pyplot's global
+state, so calling these in a loop leaks nothing and needs no display. Each function takes exactly
+the frame the script saves beside the figure. Accuracies and deltas are in percentage points (pp);
+the baseline is drawn in every figure (a dashed horizontal line, or the zero line of a delta).
+Cells whose status is not ok are marked with an 'x' on the baseline line and counted in the title.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib as mpl  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DEPTH_BAND = (0.43, 0.71)
+STYLE = {
+    "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "legend.fontsize": 8.5,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
+    "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 200,
+    "savefig.bbox": "tight", "lines.linewidth": 1.6, "lines.markersize": 5,
+}
+_PALETTE = ["#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79",
+            "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#1f77b4", "#d62728", "#2ca02c"]
+_FIXED = {"naive": "#d62728", "euler": "#1f77b4", "anchored": "#2ca02c", "baseline": "#444444"}
+BASELINE_STYLE = dict(color="#444444", linestyle="--", linewidth=1.2)
+FAILED_STYLE = dict(marker="x", color="#000000", linestyle="none", markersize=7, zorder=5)
+
+
+@contextlib.contextmanager
+def style():
+    """The project's plot style (readable fonts, light grid, no top/right spines)."""
+    with mpl.rc_context(STYLE):
+        yield
+
+
+def colour(name: str, names: Sequence[str] = ()) -> str:
+    """A stable colour per strategy (naive red, euler blue, anchored green) or per other label."""
+    if name in _FIXED:
+        return _FIXED[name]
+    others = [n for n in dict.fromkeys(names) if n not in _FIXED]
+    i = others.index(name) if name in others else abs(hash(name))
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _figure(n_panels: int, *, ncols: int = 3, size=(4.6, 3.4)) -> tuple[Figure, list]:
+    ncols = max(1, min(ncols, n_panels))
+    nrows = max(1, math.ceil(n_panels / ncols))
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(max(1, n_panels))]
+    return fig, axes
+
+
+def _empty(message: str) -> Figure:
+    fig, (ax,) = _figure(1)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("(no data)")
+    ax.set_ylabel("(no data)")
+    ax.set_axis_off()
+    return fig
+
+
+def _panels(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    keys = [k for k in keys if k in df.columns]
+    out = []
+    for key, g in df.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((" | ".join(f"K={int(v)}" if c == "k" else str(v)
+                               for c, v in zip(keys, key) if not _blank(v)), g))
+    return out
+
+
+def _blank(v) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _baseline(ax, g: pd.DataFrame, col: str = "baseline_pp", *, at_zero: bool = False) -> float:
+    if at_zero:
+        ax.axhline(0.0, **BASELINE_STYLE, label="baseline (delta 0)")
+        return 0.0
+    vals = g[col].dropna() if col in g.columns else pd.Series(dtype=float)
+    if len(vals):
+        y = float(vals.iloc[0])
+        ax.axhline(y, **BASELINE_STYLE, label=f"baseline ({y:.1f})")
+        return y
+    return math.nan
+
+
+def _mark_not_ok(ax, g: pd.DataFrame, x: str, y_at: float) -> int:
+    bad = g[g["status"] != "ok"]
+    xs = pd.to_numeric(bad[x], errors="coerce").dropna()
+    if len(xs):
+        ax.plot(xs, [0.0 if math.isnan(y_at) else y_at] * len(xs), **FAILED_STYLE, label="failed / missing")
+    return len(bad)
+
+
+def _series_label(r: pd.Series, extra: Sequence[str]) -> str:
+    parts = [str(r["integrator"])]
+    parts += [str(r[c]) for c in extra if c in r and not _blank(r[c]) and str(r[c])]
+    return " ".join(parts)
+
+
+def _title(name: str, n_bad: int) -> str:
+    return f"{name}  ({n_bad} not ok)" if n_bad else name
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    if seen:
+        ax.legend(seen.values(), seen.keys(), frameon=False, loc="best")
+
+
+# ---- collapse -------------------------------------------------------------------------------------------
+def plot_collapse(collapse: pd.DataFrame, *, band: str = "value") -> Figure:
+    """Accuracy (pp) vs K, one line per strategy (and window / variant when several), one panel
+    per model x task; shaded band = the accuracy's 95% CI (`value_ci_*`, from lm-eval's stderr);
+    dashed line = the baseline; 'x' = failed or missing cells."""
+    df = collapse[collapse["k"].notna()] if len(collapse) else collapse
+    if df.empty:
+        return _empty("no looped cells")
+    with style():
+        panels = _panels(df, ["model_name", "task"])
+        fig, axes = _figure(len(panels))
+        names = list(df["integrator"].dropna().unique())
+        for ax, (name, g) in zip(axes, panels):
+            base = _baseline(ax, g)
+            several_windows = g["window"].nunique() > 1
+            several_modes = g["mode"].nunique() > 1
+            windows = sorted(g["window"].dropna().astype(str).unique().tolist())
+            for (integ, win, mode, var), s in g[g["status"] == "ok"].groupby(
+                    ["integrator", "window", "mode", "variant"], dropna=False, sort=True):
+                s = s.sort_values("k")
+                extra = (["window"] if several_windows else []) + (["mode"] if several_modes else [])
+                label = _series_label(s.iloc[0], extra + ["variant"])
+                c = colour(integ, names)
+                ls = ["-", "--", ":", "-."][windows.index(str(win)) % 4] \
+                    if several_windows and not _blank(win) else "-"
+                ax.plot(s["k"], s["value_pp"], marker="o", color=c, linestyle=ls, label=label)
+                if band == "value" and s["value_ci_low_pp"].notna().any():
+                    ax.fill_between(s["k"].astype(float), s["value_ci_low_pp"], s["value_ci_high_pp"],
+                                    color=c, alpha=0.07, linewidth=0)
+            n_bad = _mark_not_ok(ax, g, "k", base)
+            ax.set_xlabel("K (sub-steps of the window)")
+            ax.set_ylabel("accuracy (%)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set_title(_title(name, n_bad))
+            _legend(ax)
+        fig.suptitle("Collapse: accuracy vs K per strategy (band: 95% CI)")
+    return fig
+
+
+# ---- strategy comparison ----------------------------------------------------------------------------------
+def plot_strategy(strategy: pd.DataFrame, *, by: str = "k") -> Figure:
+    """Delta vs baseline (pp) per strategy, grouped bars at each budget (`by` = 'k' or
+    'window_passes'), error bars = the paired-bootstrap 95% CI, one panel per model x task x
+    window; zero line = the baseline."""
+    if by not in ("k", "window_passes"):
+        raise ValueError(f"by must be 'k' or 'window_passes', got {by!r}")
+    df = strategy[strategy["status"] == "ok"] if len(strategy) else strategy
+    df = df[df[by].notna()] if len(df) else df
+    if df.empty:
+        return _empty("no ok looped cells")
+    with style():
+        panels = _panels(df, ["model_name", "task", "window", "mode"])
+        fig, axes = _figure(len(panels), ncols=2, size=(6.0, 3.6))
+        for ax, (name, g) in zip(axes, panels):
+            _baseline(ax, g, at_zero=True)
+            budgets = sorted(g[by].astype(float).unique())
+            series = list(dict.fromkeys(_series_label(r, ["variant"]) for _, r in g.iterrows()))
+            width = 0.8 / max(1, len(series))
+            names = list(g["integrator"].unique())
+            by_series = len(series) > len(names)      # variants of one strategy: a colour each
+            for j, lab in enumerate(series):
+                s = g[np.array([_series_label(r, ["variant"]) == lab for _, r in g.iterrows()], dtype=bool)]
+                xs = np.array([budgets.index(float(b)) for b in s[by]]) + (j - (len(series) - 1) / 2) * width
+                err = np.vstack([(s["delta_pp"] - s["ci_low_pp"]).clip(lower=0),
+                                 (s["ci_high_pp"] - s["delta_pp"]).clip(lower=0)])
+                ax.bar(xs, s["delta_pp"], width=width,
+                       color=_PALETTE[j % len(_PALETTE)] if by_series else colour(s["integrator"].iloc[0], names),
+                       label=lab, yerr=np.nan_to_num(err), capsize=2, error_kw={"linewidth": 0.8})
+            ax.set_xticks(range(len(budgets)), [f"{b:g}" for b in budgets])
+            ax.set_xlabel("K (sub-steps)" if by == "k" else "window passes (evaluations of the window)")
+            ax.set_ylabel("delta vs baseline (pp)")
+            ax.set_title(name)
+            _legend(ax)
+        fig.suptitle("Strategies at equal " + ("K" if by == "k" else "window passes")
+                     + " (error bars: paired bootstrap 95% CI)")
+    return fig
+
+
+# ---- depth fraction ---------------------------------------------------------------------------------------
+def plot_depth(depth: pd.DataFrame, *, band: tuple[float, float] = DEPTH_BAND) -> Figure:
+    """Delta vs window centre (depth fraction), one line per model x width, error bars = paired
+    95% CI, shaded = the paper's best band (0.43-0.71), zero line = the baseline; one panel per
+    task x strategy x K x mode. Cells whose window was never resolved (no centre) are not drawn:
+    the depth table lists them."""
+    df = depth[depth["window_centre"].notna()] if len(depth) else depth
+    if len(df):     # a panel needs at least two windows to say anything about depth
+        n_win = df.groupby(["task", "integrator", "k", "mode", "model_name", "window_width", "variant"],
+                           dropna=False)["window_centre"].transform("nunique")
+        df = df[n_win > 1]
+    if df.empty:
+        return _empty("no windows with a known centre")
+    with style():
+        panels = _panels(df, ["task", "integrator", "k", "mode"])
+        fig, axes = _figure(len(panels), ncols=2, size=(6.0, 3.8))
+        for ax, (name, g) in zip(axes, panels):
+            ax.axvspan(*band, color="#f2c14e", alpha=0.22, label=f"paper's best band {band[0]:.2f}-{band[1]:.2f}")
+            _baseline(ax, g, at_zero=True)
+            for i, ((model, width, var), s) in enumerate(g[g["status"] == "ok"].groupby(
+                    ["model_name", "window_width", "variant"], dropna=False, sort=True)):
+                s = s.sort_values("window_centre")
+                err = np.vstack([(s["delta_pp"] - s["ci_low_pp"]).clip(lower=0),
+                                 (s["ci_high_pp"] - s["delta_pp"]).clip(lower=0)])
+                ax.errorbar(s["window_centre"], s["delta_pp"], yerr=np.nan_to_num(err), marker="o",
+                            capsize=2, color=_PALETTE[i % len(_PALETTE)],
+                            label=f"{model} width {int(width) if not _blank(width) else '?'}"
+                            + (f" {var}" if isinstance(var, str) and var else ""))
+            n_bad = _mark_not_ok(ax, g, "window_centre", 0.0)
+            ax.set_xlabel("window centre (depth fraction of the layers)")
+            ax.set_ylabel("delta vs baseline (pp)")
+            ax.set_xlim(0, 1)
+            ax.set_title(_title(name, n_bad))
+            _legend(ax)
+        fig.suptitle("Depth fraction: delta vs window centre (error bars: paired 95% CI)")
+    return fig
+
+
+# ---- MoE block vs layer x routing --------------------------------------------------------------------------
+def plot_moe(moe: pd.DataFrame) -> Figure:
+    """Delta vs baseline (pp) per MoE model, bars for block/layer x recompute/freeze, error bars =
+    paired 95% CI, zero line = the baseline; 'missing' / 'failed' combinations are written on the
+    axis instead of a bar. One panel per task x strategy x K."""
+    if moe.empty:
+        return _empty("no MoE cells")
+    with style():
+        panels = _panels(moe, ["task", "integrator", "k"])
+        fig, axes = _figure(len(panels), ncols=2, size=(6.0, 3.6))
+        combos = [(m, r) for m in ("block", "layer") for r in ("recompute", "freeze")]
+        shades = {("block", "recompute"): "#9ecae1", ("block", "freeze"): "#3182bd",
+                  ("layer", "recompute"): "#fdae6b", ("layer", "freeze"): "#e6550d"}
+        for ax, (name, g) in zip(axes, panels):
+            _baseline(ax, g, at_zero=True)
+            models = sorted(g["model_name"].unique())
+            width = 0.8 / len(combos)
+            for j, (m, r) in enumerate(combos):
+                for i, model in enumerate(models):
+                    s = g[(g["model_name"] == model) & (g["mode"] == m) & (g["routing"] == r)]
+                    x = i + (j - (len(combos) - 1) / 2) * width
+                    okr = s[s["status"] == "ok"]
+                    if len(okr):
+                        row = okr.iloc[0]
+                        err = [[max(0.0, row["delta_pp"] - row["ci_low_pp"]) if not _blank(row["ci_low_pp"]) else 0.0],
+                               [max(0.0, row["ci_high_pp"] - row["delta_pp"]) if not _blank(row["ci_high_pp"]) else 0.0]]
+                        ax.bar([x], [row["delta_pp"]], width=width, color=shades[(m, r)], yerr=err,
+                               capsize=2, label=f"{m} / {r}", error_kw={"linewidth": 0.8})
+                    else:
+                        word = s["status"].iloc[0] if len(s) else "missing"
+                        ax.text(x, 0, word, rotation=90, ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(range(len(models)), models)
+            ax.set_xlabel("model")
+            ax.set_ylabel("delta vs baseline (pp)")
+            ax.set_title(name)
+            _legend(ax)
+        fig.suptitle("MoE: block vs layer mode x routing (error bars: paired 95% CI)")
+    return fig
+
+
+# ---- cost ---------------------------------------------------------------------------------------------------
+def plot_cost(cost: pd.DataFrame) -> Figure:
+    """Two panels per model x task: wall time (s) vs K per strategy with the baseline's as a dashed
+    line, and window passes vs K per strategy."""
+    df = cost[cost["status"] == "ok"] if len(cost) else cost
+    if df.empty or df["wall_time_s"].notna().sum() == 0:
+        return _empty("no wall times recorded")
+    with style():
+        panels = _panels(df, ["model_name", "task"])
+        fig, axes = _figure(2 * len(panels), ncols=2, size=(5.0, 3.4))
+        for p, (name, g) in enumerate(panels):
+            ax_t, ax_p = axes[2 * p], axes[2 * p + 1]
+            base = g[g["integrator"] == "baseline"]["wall_time_s"].dropna()
+            if len(base):
+                ax_t.axhline(float(base.iloc[0]), **BASELINE_STYLE, label=f"baseline ({base.iloc[0]:.1f} s)")
+            ax_p.axhline(1.0, **BASELINE_STYLE, label="plain model (1 pass)")
+            looped = g[g["integrator"] != "baseline"]
+            names = list(looped["integrator"].unique())
+            for (integ, var), s in looped.groupby(["integrator", "variant"], dropna=False, sort=True):
+                s = s.groupby("k", as_index=False).agg(wall_time_s=("wall_time_s", "mean"),
+                                                       window_passes=("window_passes", "max"))
+                label = integ + (f" {var}" if not _blank(var) and var else "")
+                ax_t.plot(s["k"], s["wall_time_s"], marker="o", color=colour(integ, names), label=label)
+                ax_p.plot(s["k"], s["window_passes"].astype(float), marker="s", color=colour(integ, names),
+                          label=label)
+            ax_t.set_xlabel("K (sub-steps)")
+            ax_t.set_ylabel("wall time (s)")
+            ax_t.set_title(f"{name}: wall time")
+            ax_p.set_xlabel("K (sub-steps)")
+            ax_p.set_ylabel("window passes (per forward)")
+            ax_p.set_title(f"{name}: window passes")
+            for ax in (ax_t, ax_p):
+                ax.xaxis.get_major_locator().set_params(integer=True)
+                _legend(ax)
+        fig.suptitle("Cost vs K (wall times compare only on one device and batch size)")
+    return fig
+
+
+FIGURES = {
+    "collapse": ("collapse", plot_collapse),
+    "strategy_k": ("strategy_k", lambda df: plot_strategy(df, by="k")),
+    "strategy_passes": ("strategy_passes", lambda df: plot_strategy(df, by="window_passes")),
+    "depth": ("depth", plot_depth),
+    "moe": ("moe", plot_moe),
+    "cost": ("cost", plot_cost),
+}
+"""figure name -> (the report table whose frame it plots, the plotting function)."""
