@@ -602,7 +602,8 @@ def _restrict(rows: pd.DataFrame, docs) -> pd.DataFrame:
 def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                         select_docs: Iterable | None = None, select_task: str | None = None,
                         confirm_task: str | None = None, candidates: Sequence[str] | None = None,
-                        n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                        compared: pd.DataFrame | None = None, n_boot: int = 2000,
+                        confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Choose the best configuration on one split and report it on the other.
 
     Document split (`select_docs`: doc_ids, or (task, doc_id) pairs): per model x task, each looped
@@ -617,7 +618,7 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
         raise ValueError("give either select_docs (a document split) or select_task + confirm_task")
     if select_task is not None and confirm_task is None:
         raise ValueError("select_task needs confirm_task")
-    cmp = _with_names(compare_to_baseline(results, samples, n_boot=n_boot, confidence=confidence, seed=seed))
+    cmp = _with_names(_compared(results, samples, compared, n_boot, confidence, seed))
     if candidates is not None:
         cmp = cmp[cmp["integrator"].isin(list(candidates))]
     cmp = cmp.assign(config=[config_label(r) for _, r in cmp.iterrows()])
@@ -879,7 +880,7 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
         if sel is None:
             add("select_confirm", None, None, "no per-sample rows or no model x task with more than one configuration")
         else:
-            stc = select_then_confirm(results, samples, select_docs=sel, n_boot=n_boot,
+            stc = select_then_confirm(results, samples, select_docs=sel, compared=cmp, n_boot=n_boot,
                                       confidence=confidence, seed=seed)
             add("select_confirm", stc, format_table(stc, drop=("cell_id", "confirm_cell_id")))
     ct = cost_table(results)

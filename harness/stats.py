@@ -177,21 +177,23 @@ class Pairing:
         return ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v)
 
 
-def _norm_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    rows = rows.copy()
-    if "task" not in rows.columns:
-        rows["task"] = ""
-    for col in HASH_FIELDS:
-        if col not in rows.columns:
-            rows[col] = None
-    rows["task"] = rows["task"].fillna("").astype(str)
-    return rows[["task", "doc_id", *HASH_FIELDS, "score"]]
+def _records(rows: pd.DataFrame) -> list[tuple]:
+    """(task, doc_id, doc_hash, prompt_hash, target_hash, score) per row, as plain Python values."""
+    n = len(rows)
+    cols = []
+    for col in ("task", "doc_id", *HASH_FIELDS):
+        if col in rows.columns:
+            vals = rows[col].tolist()
+            cols.append([None if _missing(v) else v for v in vals])
+        else:
+            cols.append([""] * n if col == "task" else [None] * n)
+    cols[0] = ["" if t is None else str(t) for t in cols[0]]
+    cols.append([float(v) for v in rows["score"].tolist()])
+    return list(zip(*cols))
 
 
-def _same(x: pd.Series, y: pd.Series) -> np.ndarray:
-    """Elementwise equality where two missing values count as equal."""
-    both_missing = x.isna().to_numpy() & y.isna().to_numpy()
-    return both_missing | (x.astype(object).to_numpy() == y.astype(object).to_numpy())
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
 
 
 def pair_samples(baseline: pd.DataFrame, looped: pd.DataFrame) -> Pairing:
@@ -199,30 +201,31 @@ def pair_samples(baseline: pd.DataFrame, looped: pd.DataFrame) -> Pairing:
     prompt_hash, target_hash, score) on (task, doc_id), keeping a pair only when doc_hash,
     prompt_hash and target_hash agree (two missing hashes agree). A doc_id that occurs more than
     once in a cell is ambiguous and dropped (`duplicate_doc_id`, counted per row)."""
-    a, b = _norm_rows(baseline), _norm_rows(looped)
     dropped = dict.fromkeys(DROP_REASONS, 0)
-    keys = list(PAIR_KEYS)
-    dup_a = a.duplicated(keys, keep=False)
-    dup_b = b.duplicated(keys, keep=False)
-    dropped["duplicate_doc_id"] = int(dup_a.sum() + dup_b.sum())
-    a, b = a[~dup_a], b[~dup_b]
-    m = a.merge(b, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
-    dropped["only_in_baseline"] = int((m["_merge"] == "left_only").sum())
-    dropped["only_in_looped"] = int((m["_merge"] == "right_only").sum())
-    m = m[m["_merge"] == "both"]
-    keep = np.ones(len(m), dtype=bool)
-    for col in HASH_FIELDS:
-        bad = keep & ~_same(m[f"{col}_a"], m[f"{col}_b"])
-        dropped[f"{col}_mismatch"] = int(bad.sum())
-        keep &= ~bad
-    m = m[keep]
-    frame = pd.DataFrame({"task": m["task"].to_numpy(), "doc_id": m["doc_id"].to_numpy(),
-                          "base": m["score_a"].to_numpy(dtype=float),
-                          "looped": m["score_b"].to_numpy(dtype=float)})
-    frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
-    diff = frame["looped"] - frame["base"]
-    up = [(t, d) for t, d in frame.loc[diff > 0, keys].itertuples(index=False)]
-    down = [(t, d) for t, d in frame.loc[diff < 0, keys].itertuples(index=False)]
+    sides = []
+    for rows in (baseline, looped):
+        recs = _records(rows)
+        count: dict = {}
+        for r in recs:
+            count[r[:2]] = count.get(r[:2], 0) + 1
+        dropped["duplicate_doc_id"] += sum(c for c in count.values() if c > 1)
+        sides.append({r[:2]: r for r in recs if count[r[:2]] == 1})
+    a, b = sides
+    dropped["only_in_baseline"] = sum(1 for k in a if k not in b)
+    dropped["only_in_looped"] = sum(1 for k in b if k not in a)
+    kept = []
+    for key in sorted((k for k in a if k in b), key=lambda k: (k[0], str(type(k[1])), k[1])):
+        ra, rb = a[key], b[key]
+        for j, col in enumerate(HASH_FIELDS, start=2):
+            if ra[j] != rb[j]:
+                dropped[f"{col}_mismatch"] += 1
+                break
+        else:
+            kept.append((key[0], key[1], ra[5], rb[5]))
+    frame = pd.DataFrame(kept, columns=["task", "doc_id", "base", "looped"])
+    frame = frame.astype({"base": float, "looped": float})
+    up = [(t, d) for t, d, x, y in kept if y > x]
+    down = [(t, d) for t, d, x, y in kept if y < x]
     return Pairing(frame=frame, n_baseline=len(baseline), n_looped=len(looped), dropped=dropped,
                    flipped_up=up, flipped_down=down)
 
