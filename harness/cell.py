@@ -224,38 +224,24 @@ _TASK_MANAGERS: dict[tuple, Any] = {}
 
 def task_manager(tasks: Iterable[str] = (), include_path: str | None = None):
     """An lm-eval TaskManager that knows `tasks`: the project's local tasks
-    (harness.tasks.task_manager()) plus `include_path`, and lm-eval's own index only when a task is
-    not local (building that index takes ~12 s, so it is built once per process)."""
-    from lm_eval.tasks import TaskManager
+    (harness.tasks.task_manager(): fixtures and embedded tasks) plus `include_path`, and lm-eval's
+    own index only when a task is not local (that index takes ~12 s; built once per process)."""
+    from harness.tasks import task_manager as project_tm
 
     tasks = list(tasks)
+    extra = (include_path,) if include_path else ()
     key = (include_path, tuple(tasks))
     if key in _TASK_MANAGERS:
         return _TASK_MANAGERS[key]
-    local = None
-    if include_path is None:
-        try:
-            from harness.tasks import task_manager as project_tm
-            local = project_tm()
-        except ImportError:
-            local = None
+    local = _TASK_MANAGERS.get(("__local__", include_path))
     if local is None:
-        paths = [include_path] if include_path else []
-        here = Path(__file__).parent / "tasks"
-        if here.is_dir():
-            paths.append(str(here))
-        local = TaskManager(include_path=paths, include_defaults=False) if paths else None
-    if local is not None and all(t in local.task_index for t in tasks):
-        tm = local
-    else:
-        paths = [include_path] if include_path else []
-        here = Path(__file__).parent / "tasks"
-        if here.is_dir():
-            paths.append(str(here))
+        local = _TASK_MANAGERS[("__local__", include_path)] = project_tm(extra_paths=extra)
+    tm = local
+    if not all(t in local.task_index for t in tasks):
         tm = _TASK_MANAGERS.get(("__defaults__", include_path))
         if tm is None:
-            tm = TaskManager(include_path=paths or None)
-            _TASK_MANAGERS[("__defaults__", include_path)] = tm
+            tm = _TASK_MANAGERS[("__defaults__", include_path)] = project_tm(include_defaults=True,
+                                                                            extra_paths=extra)
     unknown = [t for t in tasks if t not in tm.task_index]
     if unknown:
         import difflib
@@ -500,15 +486,18 @@ def build_record(spec: CellSpec, results: dict | None, *, status: str, error: st
     if results is not None:
         from harness.adapter import sample_rows
         res = results.get("results") or {}
-        for t in spec.tasks:
-            metrics[t] = {k: v for k, v in (res.get(t) or {}).items() if k != "alias"}
+        # every task lm-eval reports: the spec's tasks, and for a group its subtasks too
+        for t in list(spec.tasks) + [t for t in res if t not in spec.tasks]:
+            if t in res:
+                metrics[t] = {k: v for k, v in (res.get(t) or {}).items() if k != "alias"}
+        for t in (results.get("samples") or {}):
             try:
                 samples[t] = sample_rows(results, t, spec.metric)
-            except Exception as e:          # a task without per-sample rows still has metrics
+            except Exception as e:          # a task without this per-sample metric keeps its metrics
                 print(f"[loopsweep] no per-sample rows for {t}: {e}", file=sys.stderr)
         if spec.aggregate:
             name, agg_metric = spec.aggregate
-            vals = [metrics[t].get(agg_metric) for t in spec.tasks]
+            vals = [(metrics.get(t) or {}).get(agg_metric) for t in spec.tasks]
             vals = [float(v) for v in vals if isinstance(v, (int, float))]
             metrics[name] = {agg_metric: sum(vals) / len(vals) if vals else None, "n_tasks": len(vals)}
         lm_eval_config = {k: results.get(k) for k in ("config", "configs", "versions", "n-shot",

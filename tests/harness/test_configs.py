@@ -161,3 +161,13 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
 def test_submitit_local_launcher_composes(hydra_ctx):
     cfg = compose("sweep", overrides=["hydra/launcher=submitit_local"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
+
+
+def test_fixture_presets_name_local_tasks(hydra_ctx):
+    from harness.tasks import task_manager
+    tm = task_manager()
+    for option in [o for o in options("task") if o.startswith("fixture-")]:
+        t = compose("sweep", overrides=[f"task={option}"]).task
+        assert t.task in tm.task_index, f"task/{option}: {t.task} is not a local task"
+        real = compose("sweep", overrides=[f"task={option.removeprefix('fixture-')}"]).task
+        assert (t.num_fewshot, t.metric) == (real.num_fewshot, real.metric), option

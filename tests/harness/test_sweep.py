@@ -93,8 +93,8 @@ def test_second_run_computes_nothing_and_says_so(basic_grid, tiny_dir, task_dir)
 
 def test_sigkill_mid_grid_leaves_no_corrupt_record_and_resumes(tiny_dir, task_dir, tmp_path):
     store = tmp_path / "results"
-    big = write_task(tmp_path / "bigtask", n=60)
-    args = grid_args(tiny_dir, big, store, ks="2,3,4,5")
+    big = write_task(tmp_path / "bigtask", n=30)
+    args = grid_args(tiny_dir, big, store, ks="2,3,4")
     p = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *args], cwd=ROOT, env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
@@ -106,14 +106,14 @@ def test_sigkill_mid_grid_leaves_no_corrupt_record_and_resumes(tiny_dir, task_di
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     done = records(store)                             # every file left is a whole record
-    assert 2 <= len(done) < 5
+    assert 2 <= len(done) < 4
     assert all(rec["status"] == "ok" for rec in done.values())
     r = sweep(args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    n_missing = 5 - len(done)
+    n_missing = 4 - len(done)
     assert f"{n_missing} done, {len(done)} skipped" in r.stdout, r.stdout
     after = records(store)
-    assert len(after) == 5 and all(rec["status"] == "ok" for rec in after.values())
+    assert len(after) == 4 and all(rec["status"] == "ok" for rec in after.values())
     for cid, rec in done.items():                    # what was finished was not recomputed
         assert after[cid]["cost"] == rec["cost"]
     assert not list((store / "locks").glob("*.lock"))
@@ -122,18 +122,18 @@ def test_sigkill_mid_grid_leaves_no_corrupt_record_and_resumes(tiny_dir, task_di
 def test_submitit_local_same_records_and_one_shared_baseline(basic_grid, tiny_dir, task_dir, tmp_path):
     store_basic, _ = basic_grid
     store = tmp_path / "results"
-    r = sweep(grid_args(tiny_dir, task_dir, store) + ["hydra/launcher=submitit_local", "group_by=cell",
+    r = sweep(grid_args(tiny_dir, task_dir, store, ks="2,3") + ["hydra/launcher=submitit_local", "group_by=cell",
                                                         "hydra.launcher.timeout_min=10"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     basic, local = records(store_basic), records(store)
-    assert set(local) == set(basic)                  # same cells, same ids
-    for cid in basic:
+    assert len(local) == 3 and set(local) <= set(basic)   # the same cells get the same ids
+    for cid in local:
         assert local[cid]["metrics"] == basic[cid]["metrics"], cid
         assert local[cid]["samples"] == basic[cid]["samples"], cid
-    # four concurrent jobs each tried the baseline; exactly one computed it
+    # three concurrent jobs each tried the baseline; exactly one computed it
     baseline = next(c for c, rec in local.items() if rec["spec"]["loop"] is None)
     results = list(store.glob("sweeps/*/.submitit/*/*_result.pkl"))
-    assert len(results) == 4, results        # 3 cells + the baseline, each its own job
+    assert len(results) == 3, results        # 2 looped cells + the baseline, each its own job
     computed = []
     for f in results:
         status, ret = pickle.loads(f.read_bytes())
