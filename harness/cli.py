@@ -1,0 +1,47 @@
+"""`loopsweep-eval`: lm-eval's own command line with the `looped` model registered.
+
+    loopsweep-eval --model looped --model_args pretrained=Qwen/Qwen3-4B-Instruct-2507,window=15:19,k=3,integrator=euler,mode=block,kv=first,decode=full --tasks mmlu_pro
+    loopsweep-eval run --model hf --model_args pretrained=... --tasks fixture_commonsense_qa --num_fewshot 7
+
+lm-eval 0.4.13 does not discover third-party models, so this script imports `harness.adapter`
+(whose `@register_model("looped")` registers the model) and hands over to
+`lm_eval.__main__.cli_evaluate`: every argument, subcommand and output is lm-eval's.
+
+Two additions, both outside lm-eval's argument parsing:
+- when the command line names no `--include_path`, the project's fixture tasks
+  (`harness.tasks.fixture_dir()`) are added, so `--tasks fixture_mmlu_pro` works offline;
+- `--use_cache` is safe across loop settings: the adapter binds each response-cache db to the
+  model and loop setting that first wrote it and refuses any other (see
+  `harness.adapter.bind_response_cache`); with `--model hf` lm-eval's own behaviour is unchanged.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _with_fixture_tasks(argv: list[str]) -> list[str]:
+    """argv plus `--include_path <fixtures>` for a `run` (explicit or legacy) without one."""
+    if len(argv) < 2 or argv[1] in ("ls", "validate", "-h", "--help"):
+        return argv
+    if any(a == "--include_path" or a.startswith("--include_path=") for a in argv[1:]):
+        return argv
+    try:
+        from harness.tasks import fixture_dir
+        return argv + ["--include_path", str(fixture_dir())]
+    except Exception as e:  # noqa: BLE001 - fixtures are a convenience, never a reason to fail
+        print(f"[loopsweep-eval] fixture tasks unavailable: {e}", file=sys.stderr)
+        return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    import harness.adapter  # noqa: F401  registers `looped`
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0] if sys.argv else "loopsweep-eval", *argv]
+    sys.argv = _with_fixture_tasks(list(sys.argv))
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
