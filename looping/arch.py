@@ -35,6 +35,10 @@ class ArchInfo:
         return any(self.moe_layers)
 
 
+def _is_stack(module) -> bool:
+    return module is not None and isinstance(getattr(module, "layers", None), nn.ModuleList)
+
+
 def decoder_of(model: nn.Module) -> nn.Module:
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     path = SPECIAL.get(model_type, {}).get("decoder")
@@ -43,12 +47,18 @@ def decoder_of(model: nn.Module) -> nn.Module:
         dec = model
         for part in path.split("."):
             dec = getattr(dec, part)
-    elif hasattr(model, "get_decoder"):
-        try:
-            dec = model.get_decoder()
-        except (AttributeError, NotImplementedError):
-            dec = None
-    if dec is None or not isinstance(getattr(dec, "layers", None), nn.ModuleList):
+    else:
+        if hasattr(model, "get_decoder"):
+            try:
+                dec = model.get_decoder()
+            except (AttributeError, NotImplementedError):
+                dec = None
+        if not _is_stack(dec):
+            # `get_decoder` follows `base_model_prefix`, which some heads do not match (llama4_text:
+            # prefix 'language_model', attribute 'model'; it returns the head itself). Fall back to
+            # the first submodule that owns a `layers` list: the base model under the head.
+            dec = next((m for m in model.modules() if _is_stack(m)), dec)
+    if not _is_stack(dec):
         raise LoopConfigError(
             f"{type(model).__name__} (model_type {model_type!r}) is not a decoder stack that looping "
             f"supports: expected `model.get_decoder().layers` to be an nn.ModuleList of decoder layers. "

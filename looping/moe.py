@@ -11,8 +11,18 @@ Owns: the router modules of the window layers (found generically from the model'
 - `recompute`: every evaluation routes afresh.
 - Diagnostic (both): for each later evaluation, the fraction of real (unpadded) window tokens whose
   top-k expert *set* differs from the natural pass's (under freeze it is 0 by construction).
+  `changed / compared` pools every later loop evaluation of every MoE window layer since the handle
+  was made (or `reset_stats()`); `by_eval[p]` keeps evaluation p's own counts, so `by_eval[1]` is
+  the paper's "after one iteration" rate. The kv='last' stash pass is not compared.
 
-The runner sets the evaluation index explicitly (`current`); nothing here counts calls.
+Mechanism: each router's `forward` is replaced on the instance (not a forward hook: a hook cannot
+skip the computation), so forward hooks on the router still fire on every evaluation; under freeze
+the later evaluations return the natural pass's output object itself. If a router the window holds
+is never called (a hub kernel that bypasses `router`, e.g. gpt_oss with `use_kernels=True`), freeze
+cannot apply and `check_fired` raises instead of silently recomputing.
+
+The runner sets the evaluation index explicitly (`current`); nothing here counts calls to decide
+what to do (the counters are diagnostics only).
 """
 from __future__ import annotations
 
@@ -44,10 +54,13 @@ class RoutingControl:
         self.valid: torch.Tensor | None = None  # (B, q) real tokens of this forward
         self.captured: dict[int, object] = {}
         self.natural_sets: dict[int, torch.Tensor] = {}
-        self.router_calls = 0
+        self.router_calls = 0   # router computations (a frozen replay is not one)
+        self.replays = 0        # evaluations served the natural pass's routing (freeze)
         self.changed = 0   # tokens whose top-k set differed from the natural pass (loop evaluations)
         self.compared = 0  # tokens compared
-        self._installed = []
+        self.by_eval: dict[int, list[int]] = {}  # evaluation index p -> [changed, compared]
+        self.fired: set[int] = set()           # window layers whose routers ran in this forward
+        self._installed: list[tuple[object, bool, object]] = []
 
     @property
     def active(self) -> bool:
@@ -56,28 +69,51 @@ class RoutingControl:
     def install(self):
         for j, routers in enumerate(self.routers):
             for router in routers:
+                # an instance-level forward may already be there (accelerate's device hooks): keep it
+                had, prev = "forward" in router.__dict__, router.__dict__.get("forward")
                 orig = router.forward
 
                 def forward(*args, _j=j, _router=router, _orig=orig, **kwargs):
                     return self._route(_j, _router, _orig, *args, **kwargs)
                 router.forward = forward
-                self._installed.append(router)
+                self._installed.append((router, had, prev))
 
     def remove(self):
-        for router in self._installed:
-            router.__dict__.pop("forward", None)
+        for router, had, prev in reversed(self._installed):
+            if had:
+                router.forward = prev
+            else:
+                router.__dict__.pop("forward", None)
         self._installed.clear()
 
     def new_forward(self, valid):
         self.captured.clear()
         self.natural_sets.clear()
+        self.fired.clear()
         self.valid = valid
+
+    def reset_stats(self):
+        self.router_calls = self.replays = self.changed = self.compared = 0
+        self.by_eval.clear()
+
+    def check_fired(self, js) -> None:
+        """Raise if freeze is on and a window layer in `js` holds routers that were never called."""
+        if self.policy != "freeze":
+            return
+        missing = [j for j in js if self.routers[j] and j not in self.fired]
+        if missing:
+            raise RuntimeError(
+                f"routing='freeze': the routers of window layer(s) {missing} were never called, so their "
+                f"routing cannot be frozen (a fused kernel forward that bypasses the router module? e.g. "
+                f"use_kernels=True); load the model without kernels or use routing='recompute'.")
 
     def _route(self, j, router, orig, *args, **kwargs):
         p = self.current.get(j, 0)
         key = id(router)
+        self.fired.add(j)
         if self.policy == "freeze" and p > 0 and key in self.captured:
             out = self.captured[key]
+            self.replays += 1
         else:
             out = orig(*args, **kwargs)
             self.router_calls += 1
@@ -101,9 +137,26 @@ class RoutingControl:
         if self.valid is not None and self.valid.numel() == diff.numel():
             keep = self.valid.reshape(-1).to(diff.device)
             diff = diff[keep]
-        self.changed += int(diff.sum())
-        self.compared += int(diff.numel())
+        changed, compared = int(diff.sum()), int(diff.numel())
+        self.changed += changed
+        self.compared += compared
+        tally = self.by_eval.setdefault(p, [0, 0])
+        tally[0] += changed
+        tally[1] += compared
 
     @property
     def change_rate(self) -> float | None:
+        """Fraction of compared (real window token, later evaluation) pairs whose top-k expert set
+        differs from the natural pass's; None before any MoE evaluation was compared."""
         return self.changed / self.compared if self.compared else None
+
+    def change_rate_at(self, p: int) -> float | None:
+        """The change rate of evaluation p alone (p = 1: after one iteration)."""
+        changed, compared = self.by_eval.get(p, (0, 0))
+        return changed / compared if compared else None
+
+    def as_dict(self) -> dict:
+        return {"routing": self.policy, "router_calls": self.router_calls, "replays": self.replays,
+                "changed": self.changed, "compared": self.compared, "change_rate": self.change_rate,
+                "by_eval": {p: {"changed": c, "compared": n, "rate": c / n if n else None}
+                            for p, (c, n) in sorted(self.by_eval.items())}}

@@ -193,6 +193,13 @@ class LoopHandle:
         self.model.__dict__.pop("generate", None)
         self._fwd = _Forward()
 
+    @property
+    def routing_change_rate(self) -> float | None:
+        """MoE diagnostic: fraction of real window tokens whose top-k expert set differs from the
+        natural pass's, pooled over later loop evaluations (None on dense windows); details in
+        `self.routing.as_dict()` (see looping.moe)."""
+        return self.routing.change_rate
+
     def __enter__(self) -> "LoopHandle":
         return self.apply()
 
@@ -275,6 +282,7 @@ class LoopHandle:
                     y = self._call(j, y, stash=True)
         else:
             out = g(x0)
+        self.routing.check_fired(js)
         cache = fwd.kwargs[js[0]].get("past_key_values")
         for j in js:
             self.kv.finish(cache, self.slots[j])
