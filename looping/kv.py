@@ -19,25 +19,40 @@ copies. Here:
 
 Snapshots are shallow copies of the cache layer's attributes: Dynamic layers never mutate their
 tensors in place (`update` rebinds `keys`/`values`), so restoring the attribute dict restores the
-slot exactly, at no copy cost. Cache layers that write in place (static caches) are refused.
+slot exactly, at no copy cost. Any other cache layer class (static layers write in place; quantized
+layers subclass DynamicLayer but keep extra state) and offloaded caches are refused with a TypeError.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
 
-def _check_layer(layer, slot: int):
-    if not isinstance(layer, DynamicLayer):
+# Exactly these classes: their `update` only rebinds attributes, so a shallow snapshot of the
+# attribute dict restores a slot. Subclasses are not trusted (the quantized layers subclass
+# DynamicLayer but keep quantized copies and a frozen scale beside `keys`/`values`).
+SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+def _check_cache(cache) -> None:
+    if getattr(cache, "offloading", False):
         raise TypeError(
-            f"cache slot {slot} is a {type(layer).__name__}, which writes keys/values in place; the loop "
-            f"stash supports DynamicCache layers (DynamicLayer, DynamicSlidingWindowLayer), the default of "
-            f"`generate` and of `model(..., use_cache=True)`. Pass a DynamicCache (or no cache) instead of a "
-            f"static / quantized / offloaded cache.")
+            "the loop stash does not support an offloaded DynamicCache (offloading=True): prefetching moves "
+            "slots between devices behind the stash's back. Pass a DynamicCache without offloading.")
+
+
+def _check_layer(layer, slot: int):
+    if type(layer) not in SUPPORTED_LAYERS:
+        raise TypeError(
+            f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
+            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer), the default of `generate` and of "
+            f"`model(..., use_cache=True)`. Static caches write keys/values in place and quantized / offloaded "
+            f"caches keep state the stash cannot restore. Pass a DynamicCache (or no cache) instead, and do not "
+            f"use cache_implementation='static' / 'quantized' / 'offloaded' while looping.")
     if getattr(layer, "record_past", False):
         raise TypeError(f"cache slot {slot} records past states (assisted decoding); not supported while looping.")
 
@@ -77,6 +92,7 @@ class KVStash:
         if getattr(cache, "layer_class_to_replicate", None) is not None:
             while len(cache.layers) <= slot:
                 cache.layers.append(cache.layer_class_to_replicate())
+        _check_cache(cache)
         layer = cache.layers[slot]
         _check_layer(layer, slot)
         return layer
