@@ -500,7 +500,6 @@ def test_direct_calls_with_a_dynamic_cache_equal_generate(family):
         for name, got in (("DynamicCache(config)", direct), ("DynamicCache()", lazy)):
             d = max_diff(out.logits, got)
             assert d <= 1e-6, f"{family} kv={c.kv} decode={c.decode}: {name} vs generate max |diff| {d:.3g}"
-            assert torch.equal(torch.stack(got, 1).argmax(-1)[:, :-1], new[:, :-1]) or d == 0.0
 
 
 def test_reference_counts_match_the_runner():
