@@ -211,6 +211,13 @@ def all_cases():
 
 
 
-def reference_cfgs():
-    """LoopConfigs covering every strategy at K in {2, 3} (aitken: {2, 4}) with parameter variants."""
-    return [LoopConfig(window="0:1", integrator=name, **extra) for name, extra in all_cases()]
+def reference_cfgs(variants: bool = True):
+    """LoopConfigs covering every strategy at K in {2, 3} (aitken: {2, 4}); with `variants`, also
+    each strategy's parameter variants (cfgs_for), else only its first setting per K."""
+    seen, out = set(), []
+    for name, extra in all_cases():
+        if not variants and (name, extra["k"]) in seen:
+            continue
+        seen.add((name, extra["k"]))
+        out.append(LoopConfig(window="0:1", integrator=name, **extra))
+    return out
