@@ -50,13 +50,14 @@ def test_overhead_json(tmp_path):
 
 def test_memory_json(tmp_path):
     from benchmarks.memory import main
-    main(TINY + ["--out", str(tmp_path), "--k", "1,2", "--kvs", "first,per_pass", "--prompt", "16",
+    # plain + 2 configurations: every configuration is a fresh subprocess (seconds each)
+    main(TINY + ["--out", str(tmp_path), "--k", "2", "--kvs", "first,per_pass", "--prompt", "16",
                  "--new-tokens", "3", "--batch", "1"])
     data = json.loads((tmp_path / "memory.json").read_text())
     assert data["schema"] == "loopsweep.benchmarks.memory/1"
     assert {"cpu_model", "torch", "device", "dtype"} <= set(data["hardware"])
     plain, recs = data["plain"], data["records"]
-    assert len(recs) == 4
+    assert len(recs) == 2
     for r in [plain] + recs:
         for key in ("cache_bytes", "cache_seq_len", "peak_gen_bytes", "peak_gen_increment_bytes", "ru_maxrss_bytes",
                     "generated_tokens"):
@@ -65,6 +66,6 @@ def test_memory_json(tmp_path):
         assert r["ru_maxrss_bytes"] > 0
     by = {(r["kv"], r["k"]): r for r in recs}
     # kv=first: the plain model's cache for any K; per_pass: private slots grow with K
-    assert by[("first", 1)]["cache_bytes"] == by[("first", 2)]["cache_bytes"] == plain["cache_bytes"]
-    assert by[("per_pass", 2)]["cache_bytes"] > by[("per_pass", 1)]["cache_bytes"]
-    assert [t["metric"] for t in data["targets"]] == ["cache_bytes", "peak_gen_bytes"]
+    assert by[("first", 2)]["cache_bytes"] == plain["cache_bytes"]
+    assert by[("per_pass", 2)]["cache_bytes"] > plain["cache_bytes"]
+    assert data["targets"] == []  # K=8 vs K=1 targets need both ends of the K list
