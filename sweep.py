@@ -132,18 +132,15 @@ def summarize(store, cids, before, force, started) -> dict:
 
 
 def run_report(store: str) -> None:
-    """Build the report (harness.report, written separately) if it exists."""
+    """Build the tables and figures (scripts/make_report.py) from the store's records."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "scripts" / "make_report.py"
+    spec = importlib.util.spec_from_file_location("loopsweep_make_report", path)
+    module = importlib.util.module_from_spec(spec)
     try:
-        import harness.report as report
-    except ImportError:
-        print("[loopsweep] report=true but harness.report is not available; skipping the report")
-        return
-    fn = getattr(report, "make_report", None) or getattr(report, "main", None)
-    if fn is None:
-        print("[loopsweep] harness.report has no make_report(); skipping the report")
-        return
-    try:
-        fn(store)
+        spec.loader.exec_module(module)
+        module.make_report(store)
     except Exception as e:     # noqa: BLE001 - the grid's records are the result; the report is extra
         print(f"[loopsweep] the report failed ({type(e).__name__}: {e}); records are in {store}/cells")
 
