@@ -265,8 +265,8 @@ def build(out_dir, *, steps: int = STEPS, seed: int = SEED, reduced: bool = Fals
 # Items come from `heldout_files()` only, and an item is kept only if its answer line (stripped)
 # never occurs as a line of the training corpus and its full text is not a substring of it. Item
 # selection is rule-based and seeded; it never looks at a model.
-N_MC, N_GEN = 240, 200
-CONTEXT_BYTES = 160          # prompts stay far below the training sequence length
+N_MC, N_GEN = 200, 150
+CONTEXT_BYTES = 112          # prompts stay far below the training sequence length (and the demo fast)
 SPAN = 24                    # MC option length in bytes
 GIVEN = 3                    # gen: characters of the identifier given in the prompt
 STOPS = ("\n", " ", "(", ")", "[", "]", ".", ",", ":", "=")   # = embedded_gen.yaml `until`

@@ -16,8 +16,6 @@ from the plain model with the final norm's input replaced by the hand-computed s
 """
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -26,6 +24,7 @@ from looping import LoopConfig, looped
 from looping.arch import describe, find_routers
 from looping.config import LoopConfigError
 from tests.looping.families import DENSE, FAMILIES, MOE, tiny_model
+from tests.looping.manual import layer_inputs, replace_input
 
 WINDOW = (1, 4)
 _MODELS: dict[str, torch.nn.Module] = {}
@@ -61,36 +60,6 @@ def window_routers(model, start=WINDOW[0], end=WINDOW[1]):
 
 # ---- the hand-written reference --------------------------------------------------------------
 
-@torch.no_grad()
-def layer_inputs(model, ids, mask):
-    """Per decoder layer: (hidden input, kwargs) it receives in a plain forward."""
-    layers, seen, hooks = describe(model).layers, {}, []
-    for i, layer in enumerate(layers):
-        def hook(mod, args, kwargs, i=i):
-            x = args[0] if args else kwargs["hidden_states"]
-            seen[i] = (x, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-        hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
-@contextlib.contextmanager
-def replace_input(module, value):
-    def hook(mod, args, kwargs):
-        if args:
-            return (value,) + tuple(args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": value}
-    h = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        h.remove()
-
-
 def _copy(out):
     return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
@@ -124,7 +93,7 @@ def strategy(G, x0, cfg):
             if p < K - 1:
                 h = rescale(h, n_in + (n_nat - n_in) * (p + 1) / K)
         return cfg.beta * natural + (1 - cfg.beta) * h
-    raise NotImplementedError(name)
+    raise ValueError(f'no written-out reference for {name!r}')
 
 
 _SEEN: dict = {}

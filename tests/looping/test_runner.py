@@ -5,13 +5,12 @@ receives in a plain forward (its own mask, rotary embeddings), calls the window 
 the strategy's formula (tests/looping/formulas.py), and sends the result through the plain model's
 suffix by replacing the input of the first suffix layer.
 """
-import contextlib
-
 import pytest
 import torch
 
 from looping import LoopConfig, looped
 from looping.arch import describe
+from tests.looping.manual import layer_inputs, replace_input
 from looping.integrators import get_integrator
 from tests.looping.families import DENSE, MOE
 from tests.looping.formulas import REFS, reference_cfgs
@@ -34,39 +33,8 @@ def plain_logits(model, ids, mask):
 
 
 @torch.no_grad()
-def layer_kwargs(model, ids, mask):
-    """Hidden input and kwargs each decoder layer receives in a plain forward."""
-    layers, seen, hooks = describe(model).layers, {}, []
-    for i, layer in enumerate(layers):
-        def hook(mod, args, kwargs, i=i):
-            x = args[0] if args else kwargs["hidden_states"]
-            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            seen[i] = (x, kw)
-        hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
-@contextlib.contextmanager
-def replace_input(layer, value):
-    def hook(mod, args, kwargs):
-        if args:
-            return (value,) + tuple(args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": value}
-    h = layer.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        h.remove()
-
-
-@torch.no_grad()
 def reference_logits(model, ids, mask, cfg, start, end, mode):
-    seen = layer_kwargs(model, ids, mask)
+    seen = layer_inputs(model, ids, mask)
     layers = describe(model).layers
     calls = {"n": 0}
 
