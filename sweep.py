@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -223,13 +222,11 @@ def drive(argv: list[str]) -> int:
 def job(cfg: DictConfig):
     """One Hydra job: the cells of its plan file (or, without a plan, the config's own cell and its
     baseline), in one process with one model cache."""
-    import json as _json
-
     from harness.cell import CellSpec, order_cells, run_cells, spec_from_config
     from harness.tracking import Tracker
 
     if cfg.plan:
-        plan = _json.loads(Path(str(cfg.plan)).read_text())
+        plan = json.loads(Path(str(cfg.plan)).read_text())
         cells = [(CellSpec.from_dict(c["spec"]), c["label"]) for c in plan["cells"]]
     else:
         spec = spec_from_config(cfg, store=str(cfg.store))

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import sysconfig

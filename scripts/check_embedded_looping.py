@@ -58,7 +58,6 @@ def forward(model, ids: torch.Tensor, window: tuple[int, int], k: int, strategy:
         return h
     for i in range(s):
         x = layer(i, x)
-    x0 = x
     if strategy == "naive":
         for _ in range(k):
             x = g(x)

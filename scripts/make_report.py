@@ -20,7 +20,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 from harness import plots, report
 

@@ -2,7 +2,6 @@
 failed ones, shares one model load; wandb makes one offline run per cell and is never required."""
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from harness import store as st
 from tests.harness.test_cell import build_tiny_model, write_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +41,7 @@ def env():
 def grid_args(tiny_dir, task_dir, store, ks="2,3,4"):
     """The user's `python sweep.py model=<tiny> loop.k=2,3,4 task=<fixture>`, with the tiny model
     and the local task given through the presets' fields."""
-    return [f"model=embedded", f"model.path={tiny_dir}", "model.name=tiny", "model.dtype=float32",
+    return ["model=embedded", f"model.path={tiny_dir}", "model.name=tiny", "model.dtype=float32",
             "loop=euler", "loop.window='1:3'", f"loop.k={ks}",
             "task=csqa", "task.task=sweep_fx_mc", "task.name=fx", f"task.include_path={task_dir}",
             "task.num_fewshot=0", "eval.batch_size=2", f"store={store}", "device=cpu",

@@ -24,7 +24,7 @@ def inputs():
     return ids, mask
 
 
-@pytest.mark.parametrize("cfg", [c for c in reference_cfgs() if c.integrator != "uniform"] +
+@pytest.mark.parametrize("cfg", reference_cfgs() +
                          [LoopConfig(window="0:1", k=3, integrator="euler", mode="layer")], ids=str)
 def test_recording_changes_nothing_and_states_are_the_models_own(model, cfg):
     ids, mask = inputs()
