@@ -92,13 +92,13 @@ class Halting:
 
     def __init__(self, tau: float | None, x0: Tensor, valid: Tensor | None):
         self.tau, self.valid = tau, valid
-        self.active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
-        self.steps = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        if tau is not None:  # no per-row bookkeeping (and no allocations) when halting is off
+            self.active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
+            self.steps = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
 
     def step(self, x: Tensor, x_new: Tensor) -> Tensor:
         """Accept `x_new` for active rows; return the state to continue from."""
         if self.tau is None:
-            self.steps += 1
             return x_new
         act = self.active
         out = torch.where(act[:, None, None], x_new, x)
