@@ -46,6 +46,15 @@ RANDOM_MODELS = {"random": RANDOM_QWEN3, "tiny": TINY_QWEN3}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def add_model_args(p, threads_help: str | None = None) -> None:
+    """The model / device / dtype / threads arguments every benchmark takes."""
+    p.add_argument("--model", default="random", help="'random' (mid-size Qwen3), 'tiny', or a path / hub id")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=1, help=threads_help or
+                   "torch.set_num_threads on CPU (1: a shared 2-core machine oversubscribes at 2)")
+
+
 def load_model(name: str, device: str, dtype: str, seed: int = 0):
     """`random` / `tiny` (random weights from a Qwen3 config) or a path / hub id."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (DEFAULT_OUT, REPO, hardware, load_model, loadavg, maxrss_bytes, model_record,
+from benchmarks.common import (DEFAULT_OUT, REPO, add_model_args, hardware, load_model, loadavg, maxrss_bytes, model_record,
                                parse_list, peak_rss_bytes, random_ids, reset_peak_rss, rss_bytes, tensor_bytes,
                                write_json)
 
@@ -137,10 +137,7 @@ def plot(records: list[dict], plain: dict, title: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="random", help="'random' (mid-size Qwen3), 'tiny', or a path / hub id")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=1)
+    add_model_args(p)
     p.add_argument("--k", default="1,2,4,8")
     p.add_argument("--kvs", default="first,last,per_pass")
     p.add_argument("--window", default="c0.5w4")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (DEFAULT_OUT, Clock, LayerProbe, hardware, load_model, loadavg, median,
+from benchmarks.common import (DEFAULT_OUT, Clock, add_model_args, LayerProbe, hardware, load_model, loadavg, median,
                                model_record, parse_list, predicted_ratio, quantile, random_ids, settle,
                                write_json)
 from looping import LoopConfig, looped
@@ -260,11 +260,7 @@ def plot(records: list[dict], base: dict, title: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="random", help="'random' (mid-size Qwen3), 'tiny', or a path / hub id")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch.set_num_threads on CPU (1: a shared 2-core machine oversubscribes at 2)")
+    add_model_args(p)
     p.add_argument("--clock", default="wall", choices=Clock.KINDS,
                    help="wall: perf_counter (CUDA: after synchronize); cpu: process CPU time, for shared CPUs")
     p.add_argument("--k", default="1,2,4,8", help="K values of the sweep (comma list)")

@@ -7,6 +7,21 @@ import torch
 from looping.arch import describe
 
 
+def batch(vocab=128):
+    """A seeded (3, 10) token batch, left-padded (rows 0 and 1) with its attention mask."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    mask[1, :1] = 0
+    return ids, mask
+
+
+@torch.no_grad()
+def plain_logits(model, ids, mask):
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
 @torch.no_grad()
 def layer_inputs(model, ids, mask):
     """Per decoder layer: (hidden input, kwargs) it receives in a plain forward without a cache."""

@@ -24,7 +24,8 @@ from looping import LoopConfig, looped
 from looping.arch import describe, find_routers
 from looping.config import LoopConfigError
 from tests.looping.families import DENSE, FAMILIES, MOE, tiny_model
-from tests.looping.manual import layer_inputs, replace_input
+from tests.looping.manual import batch, layer_inputs, replace_input
+from tests.looping.manual import plain_logits as logits_of
 
 WINDOW = (1, 4)
 _MODELS: dict[str, torch.nn.Module] = {}
@@ -36,20 +37,6 @@ def model_of(family: str):
         torch.manual_seed(0)
         _MODELS[family] = tiny_model(family)
     return _MODELS[family]
-
-
-def batch(vocab=128):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    return ids, mask
-
-
-@torch.no_grad()
-def logits_of(model, ids, mask):
-    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
 
 def window_routers(model, start=WINDOW[0], end=WINDOW[1]):

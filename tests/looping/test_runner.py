@@ -10,26 +10,12 @@ import torch
 
 from looping import LoopConfig, looped
 from looping.arch import describe
-from tests.looping.manual import layer_inputs, replace_input
+from tests.looping.manual import batch, layer_inputs, plain_logits, replace_input
 from looping.integrators import get_integrator
 from tests.looping.families import DENSE, MOE
 from tests.looping.formulas import REFS, reference_cfgs
 
 FAMILIES = DENSE + MOE
-
-
-def batch(vocab=128):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    return ids, mask
-
-
-@torch.no_grad()
-def plain_logits(model, ids, mask):
-    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
 
 @torch.no_grad()
