@@ -125,7 +125,10 @@ def _title(name: str, n_bad: int) -> str:
 def _legend(ax) -> None:
     handles, labels = ax.get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    if seen:
+    if len(seen) > 4:  # many series: beside the panel, where it hides no data
+        ax.legend(seen.values(), seen.keys(), frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1),
+                  fontsize="small")
+    elif seen:
         ax.legend(seen.values(), seen.keys(), frameon=False, loc="best")
 
 
