@@ -56,7 +56,6 @@ class LoopStats:
 @dataclasses.dataclass
 class _Forward:
     """State of one decoder forward (set by the decoder pre-hook)."""
-    past: int = 0
     loop: bool = True
     mask2d: torch.Tensor | None = None
     kwargs: dict = dataclasses.field(default_factory=dict)    # window position j -> layer kwargs
@@ -228,7 +227,7 @@ class LoopHandle:
         mode = self.config.decode
         loop = (not decode) or mode == "full" or (mode == "first_n" and n <= self.config.decode_n)
         mask = kwargs.get("attention_mask")
-        self._fwd = _Forward(past=past, loop=loop,
+        self._fwd = _Forward(loop=loop,
                              mask2d=mask if torch.is_tensor(mask) and mask.dim() == 2 else None)
         self.kv.reset()
         self.stats.forwards += 1
@@ -270,12 +269,12 @@ class LoopHandle:
             record = UnitTrace(self.stats.forwards - 1, tuple(s + j for j in js), x0.detach())
             self.trace.append(record)
         g = _Window(self, js, record)
+        cache = fwd.kwargs[js[0]].get("past_key_values")
         if fwd.loop:
             res = self.integrator.fn(g, x0, self.config, self._valid(x0.shape[1]))
             out = res.out
             if res.steps is not None:
                 self.stats.steps_last.append(res.steps)
-            cache = fwd.kwargs[js[0]].get("past_key_values")
             if self.config.kv == "last" and cache is not None:
                 y = out
                 for j in js:
@@ -283,7 +282,6 @@ class LoopHandle:
         else:
             out = g(x0)
         self.routing.check_fired(js)
-        cache = fwd.kwargs[js[0]].get("past_key_values")
         for j in js:
             self.kv.finish(cache, self.slots[j])
         self.stats.window_passes_last = fwd.calls / len(self.window)

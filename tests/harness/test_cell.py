@@ -13,34 +13,7 @@ from looping import LoopConfig
 HERE = Path(__file__).parent
 
 
-# ---- a tiny model and a tiny local task (shared with test_sweep.py) ---------------------------
-def build_tiny_model(path: Path) -> Path:
-    """A random 4-layer Qwen3 with a byte-level BPE tokenizer, saved like a Hub checkpoint."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 4,
-                             "question answer red blue green yes no"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
-    fast.save_pretrained(path)
-    cfg = AutoConfig.for_model("qwen3", vocab_size=len(fast), hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                               head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
-                               eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(path)
-    return path
-
-
+# ---- a tiny local task (shared with test_sweep.py) --------------------------------------------
 def write_task(folder: Path, name: str = "sweep_fx_mc", n: int = 6) -> Path:
     """A local multiple-choice lm-eval task (loglikelihood) over `n` rows of a jsonl file."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,12 +43,9 @@ metadata:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(request, tmp_path_factory):
-    """The adapter engineer's `tiny_model_dir` when conftest provides it, else our own."""
-    try:
-        return Path(request.getfixturevalue("tiny_model_dir"))
-    except pytest.FixtureLookupError:
-        return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_dir(tiny_model_dir):
+    """The tiny Qwen3 checkpoint of tests/harness/conftest.py."""
+    return Path(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

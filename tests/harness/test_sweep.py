@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.test_cell import build_tiny_model, write_task
+from tests.harness.test_cell import write_task
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(request, tmp_path_factory):
-    try:
-        return Path(request.getfixturevalue("tiny_model_dir"))
-    except pytest.FixtureLookupError:
-        return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_dir(tiny_model_dir):
+    return Path(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
