@@ -17,7 +17,7 @@ How a grid runs (docs/sweeps.md):
 4. Each job runs its cells in order (baselines first) with one model load, one JSON record per
    cell written atomically; a per-cell lock keeps concurrent jobs from computing a cell twice.
 5. The driver prints the grid summary (done / skipped / failed) from the records and, with
-   report=true, builds the report.
+   report=true, builds the report of this grid's cells (scripts/make_report.py --cells).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # Keys that do not describe a cell: kept out of the cells' labels.
-META_KEYS = ("hydra", "store", "force", "baseline", "group_by", "report", "allow_code_eval",
-             "lock_stale_s", "device", "wandb", "grid_id", "plan")
+META_KEYS = ("hydra", "store", "force", "baseline", "group_by", "report", "figures",
+             "allow_code_eval", "lock_stale_s", "device", "wandb", "grid_id", "plan")
 # Overrides passed on to the jobs' own composition (launcher settings and where results go).
 PASS_KEYS = ("hydra", "store", "experiment")
 
@@ -130,8 +130,9 @@ def summarize(store, cids, before, force, started) -> dict:
     return out
 
 
-def run_report(store: str) -> None:
-    """Build the tables and figures (scripts/make_report.py) from the store's records."""
+def run_report(store: str, cell_ids: list[str], figures: str = "figures") -> None:
+    """Build the tables (into `store`) and figures (into `figures`) with scripts/make_report.py
+    from this grid's records (`cell_ids`, baselines included; other grids in the store stay out)."""
     import importlib.util
 
     path = Path(__file__).resolve().parent / "scripts" / "make_report.py"
@@ -139,7 +140,7 @@ def run_report(store: str) -> None:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        module.make_report(store)
+        module.make_report(store, figures=figures, cell_ids=cell_ids)
     except Exception as e:     # noqa: BLE001 - the grid's records are the result; the report is extra
         print(f"[loopsweep] the report failed ({type(e).__name__}: {e}); records are in {store}/cells")
 
@@ -214,7 +215,7 @@ def drive(argv: list[str]) -> int:
         err = ((rec or {}).get("error") or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
     if cfg.get("report"):
-        run_report(store)
+        run_report(store, cids, str(cfg.get("figures") or "figures"))
     return 1 if summary["failed"] or summary["missing"] else 0
 
 

@@ -4,8 +4,10 @@ the CSV each figure plots).
     python scripts/make_report.py                          # store results/, tables in results/, figures in figures/
     python scripts/make_report.py --root results --figures figures --n-boot 5000 --no-holm
     python scripts/make_report.py --select-docs docs.txt   # select-then-confirm on these doc_ids
+    python scripts/make_report.py --cells ids.txt          # only these cells (one cell_id per line)
 
-Reads `harness.store.load_results(root)` and `load_samples(root)`; every table and figure is a pure
+Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
+given: `sweep.py report=true` passes its own grid's, baselines included); every table and figure is a pure
 function in harness/report.py and harness/plots.py, this script only does the I/O. A table or
 figure whose inputs are absent is skipped and named with the reason (in the console and in
 `<out>/report.md`); the script never fails because a grid is incomplete.
@@ -27,9 +29,10 @@ from harness import plots, report
 def make_report(root: str | Path = "results", out: str | Path | None = None,
                 figures: str | Path = "figures", *, n_boot: int = 2000, seed: int = 0,
                 holm_adjust: bool = True, select_docs=None, reference: bool = True,
-                log=print) -> dict:
-    """Load the store at `root`, write every table to `out` (default: `root`) and every figure to
-    `figures`. Returns {'written': [paths], 'skipped': {name: reason}}."""
+                cell_ids=None, log=print) -> dict:
+    """Load the store at `root` (only the records in `cell_ids` when given), write every table to
+    `out` (default: `root`) and every figure to `figures`. Returns {'written': [paths],
+    'skipped': {name: reason}}."""
     from harness import store
 
     root = Path(root)
@@ -39,13 +42,20 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     figures.mkdir(parents=True, exist_ok=True)
     results = store.load_results(root)
     samples = store.load_samples(root)
+    scope = f"`{root}`"
+    if cell_ids is not None:
+        keep, have = set(cell_ids), set(results["cell_id"])
+        results = results[results["cell_id"].isin(keep)].reset_index(drop=True)
+        samples = samples[samples["cell_id"].isin(keep)].reset_index(drop=True)
+        scope += f" restricted to {len(keep & have)} of {len(keep)} requested cells (the rest have no record)" \
+            if keep - have else f" restricted to the {len(keep)} requested cells"
     log(f"[report] {len(results)} result rows ({int((results['status'] == 'ok').sum()) if len(results) else 0} ok), "
-        f"{len(samples)} sample rows from {root}")
+        f"{len(samples)} sample rows from {scope}")
     ref = report.load_reference() if reference else None
     tables = report.build_tables(results, samples, reference=ref, holm_adjust=holm_adjust,
                                  select_docs=select_docs, n_boot=n_boot, seed=seed)
     written, skipped = [], {}
-    sections = [f"# Report\n\nStore: `{root}` ({len(results)} result rows, {len(samples)} sample rows). "
+    sections = [f"# Report\n\nStore: {scope} ({len(results)} result rows, {len(samples)} sample rows). "
                 f"Deltas are looped - baseline in percentage points; CIs are paired bootstrap 95% "
                 f"({n_boot} resamples, seed {seed}); p = exact McNemar"
                 + (", p_holm = Holm-adjusted within each table" if holm_adjust else "") + ".\n"]
@@ -106,10 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="do not set the published values beside ours")
     ap.add_argument("--select-docs", default=None,
                     help="file of doc_ids (or task,doc_id lines) to select on; default: a seeded random half")
+    ap.add_argument("--cells", default=None,
+                    help="file of cell ids (one per line, # comments) to report on; default: every cell in the store")
     args = ap.parse_args(argv)
     sel = _read_doc_ids(args.select_docs) if args.select_docs else None
+    cells = None
+    if args.cells:
+        cells = [ln.strip() for ln in Path(args.cells).read_text().splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
     make_report(args.root, args.out, args.figures, n_boot=args.n_boot, seed=args.seed,
-                holm_adjust=not args.no_holm, select_docs=sel, reference=not args.no_reference)
+                holm_adjust=not args.no_holm, select_docs=sel, reference=not args.no_reference,
+                cell_ids=cells)
     return 0
 
 

@@ -139,3 +139,23 @@ def test_submitit_local_same_records_and_one_shared_baseline(basic_grid, tiny_di
         assert baseline in summary["done"] + summary["busy"] + summary["skipped"]
     assert computed.count(baseline) == 1
     assert sorted(computed) == sorted(local)         # every cell computed exactly once
+
+
+def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_path):
+    """report=true builds the tables from the grid's own cells (and its baseline): another grid's
+    records in the same store stay out; figures go where `figures=` says."""
+    import csv
+    import shutil
+
+    store = tmp_path / "results"
+    shutil.copytree(basic_grid[0], store)          # holds the k = 2, 3, 4 grid
+    figures = tmp_path / "figs"
+    committed = (ROOT / "figures" / "collapse.png").stat().st_mtime_ns
+    r = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true", f"figures={figures}"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert len(records(store)) == 6
+    assert "restricted to the 3 requested cells" in (store / "report.md").read_text()
+    rows = list(csv.DictReader((store / "collapse.csv").open()))
+    assert rows and {float(row["k"]) for row in rows} == {5.0, 6.0}
+    assert (figures / "collapse.png").is_file()
+    assert (ROOT / "figures" / "collapse.png").stat().st_mtime_ns == committed
