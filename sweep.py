@@ -215,7 +215,10 @@ def drive(argv: list[str]) -> int:
         err = ((rec or {}).get("error") or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
     if cfg.get("report"):
-        run_report(store, cids, str(cfg.get("figures") or "figures"))
+        # the grid's cells and their baselines (also when baseline=false left them out of the grid)
+        report_ids = list(dict.fromkeys(cids + [cell_id(s.baseline()) for s, _ in cells
+                                                if not s.is_baseline]))
+        run_report(store, report_ids, str(cfg.get("figures") or "figures"))
     return 1 if summary["failed"] or summary["missing"] else 0
 
 

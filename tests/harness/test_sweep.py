@@ -142,8 +142,8 @@ def test_submitit_local_same_records_and_one_shared_baseline(basic_grid, tiny_di
 
 
 def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_path):
-    """report=true builds the tables from the grid's own cells (and its baseline): another grid's
-    records in the same store stay out; figures go where `figures=` says."""
+    """report=true builds the tables from the grid's own cells and their baseline (also with
+    baseline=false): another grid's records in the same store stay out; figures go to `figures=`."""
     import csv
     import shutil
 
@@ -151,7 +151,8 @@ def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_p
     shutil.copytree(basic_grid[0], store)          # holds the k = 2, 3, 4 grid
     figures = tmp_path / "figs"
     committed = (ROOT / "figures" / "collapse.png").stat().st_mtime_ns
-    r = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true", f"figures={figures}"])
+    r = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true", f"figures={figures}",
+                                                                 "baseline=false"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert len(records(store)) == 6
     assert "restricted to the 3 requested cells" in (store / "report.md").read_text()
