@@ -1,6 +1,6 @@
 """Latent-trajectory figures for a model and window (the embedded default without arguments).
 
-    python scripts/trajectory.py                       # embedded model, its default window, K = 6
+    python scripts/trajectory.py                       # embedded model, window c0.5w1 (layer 4:5, as its preset), K = 6
     python scripts/trajectory.py --model Qwen/Qwen3-4B-Instruct-2507 --window 15:19 --k 3 --dtype bfloat16
 
 Writes figures/trajectory_metrics.{png,pdf,csv} and figures/loss_landscape.{png,pdf,csv}.
@@ -28,7 +28,7 @@ def default_prompts(n: int, n_chars: int) -> list[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF id or path (default: the embedded model)")
-    ap.add_argument("--window", default="c0.5w2", help="'s:e' (half-open) or 'c<centre>w<width>'")
+    ap.add_argument("--window", default="c0.5w1", help="'s:e' (half-open) or 'c<centre>w<width>'")
     ap.add_argument("--k", type=int, default=6)
     ap.add_argument("--strategies", default="naive,euler,anchored")
     ap.add_argument("--prompts", type=int, default=8, help="number of prompt chunks")
