@@ -35,6 +35,10 @@ DENSE_FAMILIES: dict[str, dict] = {
     "smollm3": {},
     "cohere": {},
     "glm4": {},
+    "ernie4_5": {},
+    # sliding window on three of every four layers (layer 3 full), as in the real config
+    "olmo3": dict(sliding_window=4),
+    "exaone4": dict(sliding_window=4),
 }
 
 MOE_FAMILIES: dict[str, dict] = {
@@ -64,6 +68,10 @@ MOE_FAMILIES: dict[str, dict] = {
     "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
                         interleave_moe_layer_step=2, no_rope_layer_interval=4,
                         attention_chunk_size=64),
+    # ERNIE-4.5-21B-A3B's layout: dense first layers (moe_layer_start_index), one shared expert
+    "ernie4_5_moe": dict(_MOE, moe_num_experts=8, moe_k=2, moe_layer_start_index=2,
+                         moe_num_shared_experts=1),
+    "phimoe": dict(num_local_experts=4, num_experts_per_tok=2),
 }
 
 FAMILIES: dict[str, dict] = {**DENSE_FAMILIES, **MOE_FAMILIES}
