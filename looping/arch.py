@@ -1,7 +1,9 @@
 """Architecture facts read from a Hugging Face causal LM, generically.
 
 Owns: where the decoder layers live, which layers hold an MoE router, which cache slots size the
-masks and positions, and the refusal of models that are not decoder stacks. There is no per-family
+masks and positions, which layers share K/V across layers (Gemma 3n / 4), whether the decoder
+unpacks tuples from its layers (read from its forward's source), and the refusal of models that
+are not decoder stacks. There is no per-family
 code: every family transformers 5.x ships keeps its layers at `model.get_decoder().layers`, declares
 its router class in `_can_record_outputs["router_logits"]`, and ties each attention module to its
 cache slot through `layer_idx`. `SPECIAL` is the one table for a family that breaks a rule
@@ -9,6 +11,9 @@ cache slot through `layer_idx`. `SPECIAL` is the one table for a family that bre
 """
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from dataclasses import dataclass
 
 from torch import nn
@@ -29,6 +34,8 @@ class ArchInfo:
     moe_layers: tuple[bool, ...]  # per layer: holds a router
     layer_types: tuple[str, ...]  # per layer attention type ('full_attention', 'sliding_attention', ...)
     mask_layers: tuple[int, ...]  # cache slots that size masks / positions (first of each type, and 0)
+    tuple_outputs: bool | None = None   # the decoder indexes / unpacks its layers' outputs
+    kv_sharing: tuple[int, ...] = ()    # layers that store or reuse shared K/V (Gemma 3n / 4)
 
     @property
     def is_moe(self) -> bool:
@@ -63,8 +70,45 @@ def decoder_of(model: nn.Module) -> nn.Module:
             f"{type(model).__name__} (model_type {model_type!r}) is not a decoder stack that looping "
             f"supports: expected `model.get_decoder().layers` to be an nn.ModuleList of decoder layers. "
             f"Supported: decoder-only causal LMs from transformers (llama, mistral, qwen2, qwen3, gemma2, "
-            f"gemma3, olmo2, phi3, granite, smollm3, cohere, glm4, and their MoE relatives).")
+            f"gemma3, olmo2, olmo3, phi3, granite, smollm3, cohere, glm4, ernie4_5, exaone4, gpt_neox, "
+            f"and their MoE relatives).")
     return dec
+
+
+def layers_return_tuples(decoder: nn.Module) -> bool | None:
+    """Whether the decoder's forward unpacks or indexes what a layer returns (True: e.g.
+    `layer_outputs = layer(...); hidden_states = layer_outputs[0]` or `h, w = layer(...)`), uses it
+    as the hidden states (False), or cannot be read (None). Read from the forward's source: the
+    wrappers that replace window layers return a tensor, which such a model would slice."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(type(decoder).forward)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for loop in ast.walk(tree):
+        if not (isinstance(loop, ast.For) and "self.layers" in ast.unparse(loop.iter)):
+            continue
+        names = {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
+        for node in ast.walk(loop):
+            if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                    and isinstance(node.value.func, ast.Name) and node.value.func.id in names):
+                continue
+            target = node.targets[0]
+            if isinstance(target, ast.Tuple):
+                return True
+            if isinstance(target, ast.Name):
+                return any(isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name)
+                           and sub.value.id == target.id and isinstance(sub.slice, ast.Constant)
+                           for sub in ast.walk(loop))
+    return None
+
+
+def kv_sharing_layers(layers) -> tuple[int, ...]:
+    """Layers that store their K/V for later layers or reuse another layer's (Gemma 3n / 4:
+    `store_full_length_kv`, `is_kv_shared_layer`): a loop over them would hand the sharing layers
+    the K/V of whichever pass ran last."""
+    return tuple(i for i, layer in enumerate(layers)
+                 if any(getattr(m, "store_full_length_kv", False) is True
+                        or getattr(m, "is_kv_shared_layer", False) is True for m in layer.modules()))
 
 
 def router_class(decoder: nn.Module) -> type | None:
@@ -114,4 +158,5 @@ def describe(model: nn.Module) -> ArchInfo:
         mask_layers.add(types.index(t))
     return ArchInfo(model_type=getattr(cfg, "model_type", "?"), decoder=dec, layers=layers, n_layers=n,
                     router_class=rcls, moe_layers=moe, layer_types=types,
-                    mask_layers=tuple(sorted(mask_layers)))
+                    mask_layers=tuple(sorted(mask_layers)), tuple_outputs=layers_return_tuples(dec),
+                    kv_sharing=kv_sharing_layers(layers[:n]))

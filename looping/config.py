@@ -297,6 +297,19 @@ class LoopConfig:
 
         info = describe(model)
         start, end = self.window.layers(info.n_layers)
+        if info.tuple_outputs:
+            raise LoopConfigError(
+                f"{info.model_type}: the decoder's forward unpacks a tuple from each layer "
+                f"(`{type(info.decoder).__name__}.forward`), but a looped window returns the hidden-state "
+                f"tensor, the transformers 5.x convention that llama, qwen3, gemma3, mixtral, deepseek_v3 "
+                f"and most families follow. This family cannot be looped.")
+        shared = [i for i in info.kv_sharing if start <= i < end]
+        if shared:
+            raise LoopConfigError(
+                f"window {start}:{end} of this {info.model_type} model holds layer(s) {shared} that store "
+                f"or reuse K/V shared across layers (KV sharing: layers {info.kv_sharing[0]}.."
+                f"{info.kv_sharing[-1]}); looping them would hand the sharing layers the K/V of whichever "
+                f"pass ran last. Choose a window that ends at or before layer {info.kv_sharing[0]}.")
         mode = self.mode
         if mode == "auto":
             mode = "layer" if info.is_moe else "block"

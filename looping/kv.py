@@ -20,14 +20,21 @@ copies. Here:
 Snapshots are shallow copies of the cache layer's attributes: Dynamic layers never mutate their
 tensors in place (`update` rebinds `keys`/`values`), so restoring the attribute dict restores the
 slot exactly, at no copy cost. Any other cache layer class (static layers write in place; quantized
-layers subclass DynamicLayer but keep extra state) and offloaded caches are refused with a TypeError.
+layers subclass DynamicLayer but keep extra state; linear-attention / SSM / conv layers hold a
+recurrent state that every evaluation would advance), any cache class other than DynamicCache
+(subclasses such as MiniMaxCache keep state outside `layers`) and offloaded caches are refused
+with a TypeError.
+
+The cache is found by type, not by name (`find_cache`): families pass it to their layers as
+`past_key_values`, `layer_past` (gpt_neox) or `cache_params` (mamba).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
+                                     LinearAttentionCacheLayerMixin)
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
@@ -38,7 +45,41 @@ PRIVATE_ATTR = "_loopsweep_private_slots"
 SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
+def find_cache(kwargs: dict):
+    """The `Cache` among a forward's keyword arguments, whatever the family names it; None if
+    there is none. Two different caches in one call are refused (looping could not tell which
+    one holds the window's slots)."""
+    found = None
+    for name, value in kwargs.items():
+        if isinstance(value, Cache):
+            if found is not None and value is not found[1]:
+                raise TypeError(f"two caches passed to one call ({found[0]!r} and {name!r}); the loop "
+                                f"stash handles a single cache per forward.")
+            found = (name, value)
+    return None if found is None else found[1]
+
+
+def past_length(cache) -> int:
+    """Tokens already in `cache` (0 without one)."""
+    if cache is None:
+        return 0
+    try:
+        return cache.get_seq_length()
+    except ValueError as e:    # transformers: no attention layer to ask (a pure recurrent model)
+        kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
+        raise TypeError(
+            f"the cache holds no attention layer ({', '.join(kinds) or type(cache).__name__}): a recurrent "
+            f"model (mamba-like) keeps states that every loop evaluation would advance, so it can be "
+            f"looped only without a cache (use_cache=False).") from e
+
+
 def _check_cache(cache) -> None:
+    if type(cache) is not DynamicCache:
+        raise TypeError(
+            f"the cache is a {type(cache).__name__}; the loop stash supports only a plain DynamicCache (the "
+            f"default of `generate` and of `model(..., use_cache=True)` for attention models). Other cache "
+            f"classes write in place or keep state the stash cannot restore (recurrent states, quantized or "
+            f"static buffers). Pass a DynamicCache (or no cache).")
     if getattr(cache, "offloading", False):
         raise TypeError(
             "the loop stash does not support an offloaded DynamicCache (offloading=True): prefetching moves "
@@ -46,6 +87,11 @@ def _check_cache(cache) -> None:
 
 
 def _check_layer(layer, slot: int):
+    if isinstance(layer, LinearAttentionCacheLayerMixin):
+        raise TypeError(
+            f"cache slot {slot} is a {type(layer).__name__}: the window holds a layer with a recurrent state "
+            f"(linear attention, SSM or convolution) that every loop evaluation would advance. Loop a window "
+            f"of attention layers only (see the model config's `layer_types`), or run without a cache.")
     if type(layer) not in SUPPORTED_LAYERS:
         raise TypeError(
             f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
@@ -89,10 +135,10 @@ class KVStash:
         self.kept.clear()
 
     def _slot(self, cache, slot: int):
+        _check_cache(cache)
         if getattr(cache, "layer_class_to_replicate", None) is not None:
             while len(cache.layers) <= slot:
                 cache.layers.append(cache.layer_class_to_replicate())
-        _check_cache(cache)
         layer = cache.layers[slot]
         _check_layer(layer, slot)
         return layer

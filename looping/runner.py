@@ -32,7 +32,7 @@ from torch import nn
 from .arch import attention_slot, describe
 from .config import LoopConfig
 from .integrators import get_integrator
-from .kv import KVStash
+from .kv import KVStash, find_cache, past_length
 from .moe import RoutingControl
 from .trace import Trace, UnitTrace
 
@@ -59,6 +59,8 @@ class _Forward:
     loop: bool = True
     mask2d: torch.Tensor | None = None
     kwargs: dict = dataclasses.field(default_factory=dict)    # window position j -> layer kwargs
+    args: dict = dataclasses.field(default_factory=dict)      # window position j -> extra positional args
+    caches: dict = dataclasses.field(default_factory=dict)    # window position j -> its Cache (or None)
     evals: dict = dataclasses.field(default_factory=dict)     # window position j -> evaluations so far
     x0: dict = dataclasses.field(default_factory=dict)        # unit start j -> its entry state
     calls: int = 0
@@ -72,8 +74,8 @@ class _Defer(nn.Module):
         self._handle = handle  # a plain attribute, not a submodule: _Defer holds no layer
         self.j = j
 
-    def forward(self, hidden_states, **kwargs):
-        self._handle._fwd.kwargs[self.j] = kwargs
+    def forward(self, hidden_states, *args, **kwargs):
+        self._handle._record(self.j, args, kwargs)
         return hidden_states
 
 
@@ -85,8 +87,8 @@ class _Block(nn.Module):
         self._handle = handle
         self.inner = nn.ModuleList(layers)  # the original layers, registered once, here
 
-    def forward(self, hidden_states, **kwargs):
-        self._handle._fwd.kwargs[len(self.inner) - 1] = kwargs
+    def forward(self, hidden_states, *args, **kwargs):
+        self._handle._record(len(self.inner) - 1, args, kwargs)
         return self._handle._run_unit(hidden_states, list(range(len(self.inner))))
 
 
@@ -99,8 +101,8 @@ class _Layer(nn.Module):
         self.j = j
         self.inner = layer
 
-    def forward(self, hidden_states, **kwargs):
-        self._handle._fwd.kwargs[self.j] = kwargs
+    def forward(self, hidden_states, *args, **kwargs):
+        self._handle._record(self.j, args, kwargs)
         return self._handle._run_unit(hidden_states, [self.j])
 
 
@@ -216,8 +218,8 @@ class LoopHandle:
 
     # ---- one forward ---------------------------------------------------------------------------
     def _on_forward(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
+        cache = find_cache(kwargs)
+        past = past_length(cache)
         decode = past > 0
         if decode:
             n = self._decode_steps.get(cache, 0) + 1
@@ -235,6 +237,11 @@ class LoopHandle:
         self.stats.steps_last = []
         self.routing.new_forward(None)
 
+    def _record(self, j: int, args: tuple, kwargs: dict) -> None:
+        """What window position j received in this forward (its mask, rotary, cache, ...)."""
+        fwd = self._fwd
+        fwd.kwargs[j], fwd.args[j], fwd.caches[j] = kwargs, args, find_cache(kwargs)
+
     def _valid(self, q: int):
         m = self._fwd.mask2d
         return None if m is None else m[:, -q:].bool()
@@ -248,13 +255,18 @@ class LoopHandle:
             raise RuntimeError(f"integrator {self.config.integrator!r} did not start with the natural pass g(x0)")
         kv = self.config.kv
         keep = stash or (not fwd.loop and kv != "none") or (kv == "first" and p == 0) or kv == "per_pass"
-        kwargs = fwd.kwargs[j]
+        kwargs, args = fwd.kwargs[j], fwd.args[j]
         self.routing.current[j], self.routing.stash = p, stash
         self.stats.layer_calls += 1
         self.stats.stash_calls += int(stash)
         fwd.calls += int(not stash)
-        with self.kv.evaluation(kwargs.get("past_key_values"), self.slots[j], p, keep, kwargs, x.shape[1]) as kw:
-            y = self.window[j](x, **kw)
+        with self.kv.evaluation(fwd.caches[j], self.slots[j], p, keep, kwargs, x.shape[1]) as kw:
+            y = self.window[j](x, *args, **kw)
+        if not torch.is_tensor(y):
+            raise TypeError(
+                f"{type(self.window[j]).__name__} returned a {type(y).__name__}, not the hidden-state tensor; "
+                f"looping supports decoder layers that return their output tensor (the transformers 5.x "
+                f"convention). This family's layers return tuples and cannot be looped.")
         return y.to(x.device) if y.device != x.device else y
 
     def _run_unit(self, x0: torch.Tensor, js: list[int]) -> torch.Tensor:
@@ -269,7 +281,7 @@ class LoopHandle:
             record = UnitTrace(self.stats.forwards - 1, tuple(s + j for j in js), x0.detach())
             self.trace.append(record)
         g = _Window(self, js, record)
-        cache = fwd.kwargs[js[0]].get("past_key_values")
+        cache = fwd.caches[js[0]]
         if fwd.loop:
             res = self.integrator.fn(g, x0, self.config, self._valid(x0.shape[1]))
             out = res.out

@@ -39,6 +39,8 @@ DENSE_FAMILIES: dict[str, dict] = {
     # sliding window on three of every four layers (layer 3 full), as in the real config
     "olmo3": dict(sliding_window=4),
     "exaone4": dict(sliding_window=4),
+    # Pythia: parallel residual, partial rotary, the cache reaches its layers as `layer_past`
+    "gpt_neox": dict(rotary_pct=0.25, use_parallel_residual=True),
 }
 
 MOE_FAMILIES: dict[str, dict] = {

@@ -134,7 +134,7 @@ class StashReference:
         self._mask_new, self._pos_new = mask_new, pos_new
         self._calls = [0] * self.n
         kept: dict = {}
-        h = self.dec.embed_tokens(ids)
+        h = self.model.get_input_embeddings()(ids)
         s, e = self.start, self.end
         for i in range(s):
             kept[(i, 0)] = h
@@ -149,7 +149,8 @@ class StashReference:
         self.mask = torch.cat([self.mask, mask_new], dim=1)
         self.pos = torch.cat([self.pos, pos_new], dim=1)
         self.forward_log.append({"loop": loop, "calls": list(self._calls)})
-        logits = self.model.lm_head(self.dec.norm(h))
+        norm = self.dec.norm if hasattr(self.dec, "norm") else self.dec.final_layer_norm  # gpt_neox
+        logits = self.model.get_output_embeddings()(norm(h))
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -40,6 +40,7 @@ FAMILY_OPTIONS = {
     "mistral": dict(sliding_window=5),
     "gemma3_text": dict(sliding_window=5, layer_types=ALTERNATING),
     "olmo2": {},
+    "gpt_neox": dict(rotary_pct=0.25, use_parallel_residual=True),   # cache passed as `layer_past`
     "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32),
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
     "deepseek_v3": dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
@@ -48,7 +49,7 @@ FAMILY_OPTIONS = {
                         num_experts_per_tok=2),
     "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=5, layer_types=ALTERNATING),
 }
-DENSE = ["llama", "qwen3", "mistral", "gemma3_text", "olmo2"]
+DENSE = ["llama", "qwen3", "mistral", "gemma3_text", "olmo2", "gpt_neox"]
 MOE = ["qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"]
 FAMILIES = DENSE + MOE
 S, E = 2, 4
@@ -472,14 +473,14 @@ def test_static_and_quantized_caches_are_refused_clearly():
     model = tiny("llama")
     ids, mask = prompts()
     with looped(model, cfg(k=3)):
-        with pytest.raises(TypeError, match="StaticLayer.*DynamicCache"):
+        with pytest.raises(TypeError, match="StaticCache.*DynamicCache"):
             generate(model, ids, mask, cache_implementation="static")
         static = StaticCache(config=model.config, max_cache_len=32)
-        with pytest.raises(TypeError, match="StaticLayer.*DynamicCache"):
+        with pytest.raises(TypeError, match="StaticCache.*DynamicCache"):
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=mask, past_key_values=static)
         quantized = QuantizedCache(backend="fp8", config=model.config)
-        with pytest.raises(TypeError, match="Fp8QuantizedLayer.*DynamicCache"):
+        with pytest.raises(TypeError, match="QuantizedCache.*DynamicCache"):
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=mask, past_key_values=quantized)
     plain = generate(model, ids, mask)  # the model is intact afterwards

@@ -1,0 +1,144 @@
+"""Families beyond the standard attention stack (from a family audit over transformers 5.23's
+causal LMs): what looping supports there, and the clear refusals where it cannot be right.
+
+- The cache is found by type, not by argument name: gpt_neox passes it to its layers as
+  `layer_past` (tested with the full stash reference in test_generation.py), mamba as
+  `cache_params`.
+- Recurrent state (mamba, the linear / SSM layers of jamba and qwen3_next) would advance once per
+  loop evaluation: a window holding such a layer is refused when a cache is in use; an
+  attention-only window of a hybrid model loops normally.
+- Cache classes other than DynamicCache (MiniMaxCache keeps linear-attention state outside its
+  layers) are refused.
+- Decoders that unpack a tuple from each layer (falcon_h1, bamba) are refused at `looped()`.
+- Gemma 4: layers receive a positional argument (per-layer input), supported; layers that store or
+  reuse shared K/V are refused inside a window.
+"""
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+from looping import LoopConfig, LoopConfigError, looped
+from looping.arch import describe
+from looping.kv import find_cache
+
+BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=64, pad_token_id=0)
+SPECS = {
+    "mamba": dict(state_size=8, expand=2, conv_kernel=4),
+    # layers: mamba, attention, mamba, attention
+    "jamba": dict(num_experts=4, num_experts_per_tok=2, attn_layer_period=2, attn_layer_offset=1,
+                  expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_expand=2,
+                  use_mamba_kernels=False),
+    "qwen3_next": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       layer_types=["linear_attention", "full_attention"] * 2, linear_num_value_heads=4,
+                       linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+    "minimax": dict(num_local_experts=4, num_experts_per_tok=2, block_size=4,
+                    layer_types=["linear_attention", "full_attention"] * 2),
+    "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1,
+                      mamba_chunk_size=8),
+    "bamba": dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
+                  mamba_n_groups=1, mamba_chunk_size=8),
+    # 6 layers, sliding / full alternating; layers 4-5 reuse the K/V that layers 2-3 store
+    "gemma4_text": dict(num_hidden_layers=6, num_kv_shared_layers=2, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention"] * 3, hidden_size_per_layer_input=16),
+}
+_MODELS: dict = {}
+
+
+def tiny(family):
+    if family not in _MODELS:
+        torch.manual_seed(0)
+        config = AutoConfig.for_model(family, **{**BASE, **SPECS[family]})
+        _MODELS[family] = AutoModelForCausalLM.from_config(config).eval()
+    return _MODELS[family]
+
+
+def ids_and_mask():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 128, (2, 8), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    return ids, mask
+
+
+@torch.no_grad()
+def logits(model, ids, mask=None, **kw):
+    return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits
+
+
+@torch.no_grad()
+def generate(model, ids, mask=None):
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                          pad_token_id=0)
+
+
+def test_mamba_loops_without_a_cache_and_refuses_one():
+    model = tiny("mamba")
+    ids, _ = ids_and_mask()
+    plain = logits(model, ids)
+    with looped(model, LoopConfig(window="1:3", k=1, integrator="naive")):
+        assert torch.equal(logits(model, ids), plain)
+    with looped(model, LoopConfig(window="1:3", k=3)) as h:
+        assert not torch.allclose(logits(model, ids), plain)
+        assert h.stats.window_passes_last == 3
+        with pytest.raises(TypeError, match="no attention layer.*recurrent"):
+            generate(model, ids)
+    assert torch.equal(generate(model, ids), generate(model, ids))  # the model is intact
+
+
+@pytest.mark.parametrize("family", ["jamba", "qwen3_next"])
+def test_hybrid_attention_window_loops_and_recurrent_window_is_refused(family):
+    model = tiny(family)
+    ids, _ = ids_and_mask()
+    assert describe(model).layer_types[1] == "full_attention"
+    plain, plain_logits = generate(model, ids), logits(model, ids)
+    with looped(model, LoopConfig(window="1:2", k=1, integrator="naive")):
+        assert torch.equal(generate(model, ids), plain)
+    with looped(model, LoopConfig(window="1:2", k=3)):
+        assert generate(model, ids).shape == plain.shape
+    with looped(model, LoopConfig(window="0:2", k=3)):
+        assert not torch.allclose(logits(model, ids), plain_logits)   # no cache: no state to advance
+        with pytest.raises(TypeError, match="cache slot 0 is a LinearAttentionLayer.*recurrent state"):
+            generate(model, ids)
+
+
+def test_cache_classes_with_extra_state_are_refused():
+    model = tiny("minimax")
+    ids, _ = ids_and_mask()
+    with looped(model, LoopConfig(window="1:2", k=3)):
+        with pytest.raises(TypeError, match="MiniMaxCache.*only a plain DynamicCache"):
+            generate(model, ids)
+
+
+@pytest.mark.parametrize("family", ["falcon_h1", "bamba"])
+def test_decoders_that_unpack_layer_tuples_are_refused(family):
+    model = tiny(family)
+    assert describe(model).tuple_outputs is True
+    with pytest.raises(LoopConfigError, match=f"{family}: the decoder's forward unpacks a tuple"):
+        looped(model, LoopConfig(window="1:3", k=3))
+
+
+def test_gemma4_positional_layer_input_and_kv_sharing_refusal():
+    model = tiny("gemma4_text")
+    info = describe(model)
+    assert info.kv_sharing == (2, 3, 4, 5) and info.tuple_outputs is False
+    ids, mask = ids_and_mask()
+    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    with looped(model, LoopConfig(window="1:2", k=1, integrator="naive")):
+        assert torch.equal(logits(model, ids, mask), plain)
+        assert torch.equal(generate(model, ids, mask), plain_gen)
+    with looped(model, LoopConfig(window="0:2", k=3, mode="block")) as h:
+        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert h.stats.window_passes_last == 3
+        assert generate(model, ids, mask).shape == plain_gen.shape
+    with pytest.raises(LoopConfigError, match=r"holds layer\(s\) \[2\].*ends at or before layer 2"):
+        looped(model, LoopConfig(window="1:3", k=3))
+
+
+def test_find_cache_is_by_type_and_refuses_two():
+    a, b = DynamicCache(), DynamicCache()
+    assert find_cache({"layer_past": a, "attention_mask": None}) is a
+    assert find_cache({"cache_params": a, "past_key_values": a}) is a
+    assert find_cache({"x": torch.zeros(1)}) is None
+    with pytest.raises(TypeError, match="two caches"):
+        find_cache({"past_key_values": a, "layer_past": b})
