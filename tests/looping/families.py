@@ -70,7 +70,7 @@ MOE_FAMILIES: dict[str, dict] = {
     "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128,
                         interleave_moe_layer_step=2, no_rope_layer_interval=4,
                         attention_chunk_size=64),
-    # ERNIE-4.5-21B-A3B's layout: dense first layers (moe_layer_start_index), one shared expert
+    # ERNIE-4.5 MoE: dense layers before moe_layer_start_index (2 here, so windows mix dense and MoE), one shared expert
     "ernie4_5_moe": dict(_MOE, moe_num_experts=8, moe_k=2, moe_layer_start_index=2,
                          moe_num_shared_experts=1),
     "phimoe": dict(num_local_experts=4, num_experts_per_tok=2),
