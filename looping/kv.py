@@ -19,7 +19,8 @@ copies. Here:
 
 Snapshots are shallow copies of the cache layer's attributes: Dynamic layers never mutate their
 tensors in place (`update` rebinds `keys`/`values`), so restoring the attribute dict restores the
-slot exactly, at no copy cost. Any other cache layer class (static layers write in place; quantized
+slot exactly, at no copy cost. A `DummyLayer` slot (a block without attention, e.g. nemotron_h's
+MLP / MoE blocks) holds nothing and is left alone. Any other cache layer class (static layers write in place; quantized
 layers subclass DynamicLayer but keep extra state; linear-attention / SSM / conv layers hold a
 recurrent state that every evaluation would advance), any cache class other than DynamicCache
 (subclasses such as MiniMaxCache keep state outside `layers`) and offloaded caches are refused
@@ -33,8 +34,8 @@ from __future__ import annotations
 import contextlib
 import copy
 
-from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
-                                     LinearAttentionCacheLayerMixin)
+from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicLayer,
+                                     DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin)
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
@@ -87,6 +88,8 @@ def _check_cache(cache) -> None:
 
 
 def _check_layer(layer, slot: int):
+    if type(layer) is DummyLayer:      # a block without attention (MLP / MoE only): holds nothing
+        return
     if isinstance(layer, LinearAttentionCacheLayerMixin):
         raise TypeError(
             f"cache slot {slot} is a {type(layer).__name__}: the window holds a layer with a recurrent state "
@@ -160,6 +163,9 @@ class KVStash:
             yield kwargs
             return
         layer = self._slot(cache, slot)
+        if type(layer) is DummyLayer:      # nothing cached for this layer: nothing to stash
+            yield kwargs
+            return
         if self.policy == "per_pass" and p > 0:
             cache.layers[slot] = self._private(cache, slot, p)
             try:

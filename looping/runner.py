@@ -66,12 +66,30 @@ class _Forward:
     calls: int = 0
 
 
-class _Defer(nn.Module):
+class _Wrapper(nn.Module):
+    """A window position's stand-in. Attribute reads it cannot answer go to the layer it replaces
+    (decoders that read e.g. `layer.attention_type` / `layer.block_type` to pick a mask)."""
+
+    def __init__(self, handle: "LoopHandle", original: nn.Module):
+        super().__init__()
+        self._handle = handle                          # plain attributes, not submodules
+        object.__setattr__(self, "_original", original)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            original = self.__dict__.get("_original")
+            if original is None or name.startswith("__"):
+                raise
+            return getattr(original, name)
+
+
+class _Defer(_Wrapper):
     """Block mode, window positions s..e-2: remember this position's kwargs, pass h through."""
 
-    def __init__(self, handle: "LoopHandle", j: int):
-        super().__init__()
-        self._handle = handle  # a plain attribute, not a submodule: _Defer holds no layer
+    def __init__(self, handle: "LoopHandle", j: int, original: nn.Module):
+        super().__init__(handle, original)             # _Defer holds no layer: _Block.inner does
         self.j = j
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -79,12 +97,11 @@ class _Defer(nn.Module):
         return hidden_states
 
 
-class _Block(nn.Module):
+class _Block(_Wrapper):
     """Block mode, window position e-1: run the integrator over the whole window."""
 
     def __init__(self, handle: "LoopHandle", layers):
-        super().__init__()
-        self._handle = handle
+        super().__init__(handle, layers[-1])
         self.inner = nn.ModuleList(layers)  # the original layers, registered once, here
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -92,12 +109,11 @@ class _Block(nn.Module):
         return self._handle._run_unit(hidden_states, list(range(len(self.inner))))
 
 
-class _Layer(nn.Module):
+class _Layer(_Wrapper):
     """Layer mode, window position j: run the integrator over this layer alone."""
 
     def __init__(self, handle: "LoopHandle", j: int, layer):
-        super().__init__()
-        self._handle = handle
+        super().__init__(handle, layer)
         self.j = j
         self.inner = layer
 
@@ -163,7 +179,7 @@ class LoopHandle:
         try:
             if self.resolved.mode == "block":
                 for j in range(e - s - 1):
-                    layers[s + j] = _Defer(self, j)
+                    layers[s + j] = _Defer(self, j, self.window[j])
                 layers[e - 1] = _Block(self, self.window)
             else:
                 for j in range(e - s):

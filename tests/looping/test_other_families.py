@@ -12,6 +12,8 @@ causal LMs): what looping supports there, and the clear refusals where it cannot
 - Decoders that unpack a tuple from each layer (falcon_h1, bamba) are refused at `looped()`.
 - Gemma 4: layers receive a positional argument (per-layer input), supported; layers that store or
   reuse shared K/V are refused inside a window.
+- nemotron_h: the decoder reads `layer.block_type` (the window wrappers forward attribute reads to
+  the layer they replace) and its MLP blocks have cacheless `DummyLayer` slots (nothing to stash).
 """
 import pytest
 import torch
@@ -38,6 +40,10 @@ SPECS = {
                       mamba_chunk_size=8),
     "bamba": dict(attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
                   mamba_n_groups=1, mamba_chunk_size=8),
+    # mamba, attention, MLP, attention
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "full_attention"],
+                       ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=16, n_groups=1, chunk_size=8,
+                       n_routed_experts=4, moe_intermediate_size=32, num_experts_per_tok=2),
     # 6 layers, sliding / full alternating; layers 4-5 reuse the K/V that layers 2-3 store
     "gemma4_text": dict(num_hidden_layers=6, num_kv_shared_layers=2, sliding_window=4,
                         layer_types=["sliding_attention", "full_attention"] * 3, hidden_size_per_layer_input=16),
@@ -142,3 +148,20 @@ def test_find_cache_is_by_type_and_refuses_two():
     assert find_cache({"x": torch.zeros(1)}) is None
     with pytest.raises(TypeError, match="two caches"):
         find_cache({"past_key_values": a, "layer_past": b})
+
+
+@pytest.mark.parametrize("mode", ["block", "layer"])
+def test_nemotron_h_attention_and_mlp_window(mode):
+    model = tiny("nemotron_h")
+    ids, mask = ids_and_mask()
+    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    with looped(model, LoopConfig(window="1:3", k=1, integrator="naive", mode=mode)):
+        assert torch.equal(logits(model, ids, mask), plain)
+        assert torch.equal(generate(model, ids, mask), plain_gen)
+    with looped(model, LoopConfig(window="1:3", k=3, mode=mode)) as h:
+        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert generate(model, ids, mask).shape == plain_gen.shape
+        assert h.stats.window_passes_last == 3
+    with looped(model, LoopConfig(window="0:2", k=3, mode=mode)):
+        with pytest.raises(TypeError, match="recurrent state"):
+            generate(model, ids, mask)
