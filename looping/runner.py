@@ -236,11 +236,15 @@ class LoopHandle:
     def _on_forward(self, module, args, kwargs):
         cache = find_cache(kwargs)
         past = past_length(cache)
-        decode = past > 0
+        # a decode step: one new token per row after a non-empty cache. A multi-token forward on
+        # top of a cache (chunked prefill, `prefill_chunk_size`) is prefill and always loops.
+        new = next((t.shape[1] for t in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+                    if torch.is_tensor(t) and t.dim() >= 2), None)
+        decode = past > 0 and new in (1, None)
         if decode:
             n = self._decode_steps.get(cache, 0) + 1
             self._decode_steps[cache] = n
-        elif cache is not None:
+        elif cache is not None and past == 0:
             self._decode_steps[cache] = 0
         mode = self.config.decode
         loop = (not decode) or mode == "full" or (mode == "first_n" and n <= self.config.decode_n)

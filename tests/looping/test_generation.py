@@ -518,3 +518,19 @@ def test_reference_counts_match_the_runner():
     _, ref = reference_decode(model, c, S, E, "block", ids, mask, out.sequences[:, ids.shape[1]:])
     assert [f["calls"][S:E] for f in ref.forward_log] == log
     assert isinstance(ref, StashReference)
+
+
+def test_chunked_prefill_loops_every_chunk_and_bypass_skips_decode_steps():
+    """generate(prefill_chunk_size=3) on 8-token prompts: chunks of 3, 3, 2 tokens, each on top of
+    the cache the previous chunk filled. They are prefill, not decode steps: with decode='bypass'
+    all three loop and the N_NEW - 1 decode steps do not."""
+    model = tiny("llama")
+    ids, mask = prompts()
+    with looped(model, cfg(k=3, decode="bypass")) as h:
+        out = generate(model, ids, mask, prefill_chunk_size=3)
+    assert out.sequences.shape == (3, ids.shape[1] + N_NEW)
+    assert h.stats.forwards == 3 + N_NEW - 1
+    assert h.stats.looped_forwards == 3
+    with looped(model, cfg(k=3, decode="first_n", decode_n=2)) as h:
+        generate(model, ids, mask, prefill_chunk_size=3)
+    assert h.stats.looped_forwards == 3 + 2
