@@ -8,8 +8,10 @@ lm-eval 0.4.13 does not discover third-party models, so this script imports `har
 `lm_eval.__main__.cli_evaluate`: every argument, subcommand and output is lm-eval's.
 
 Two additions, both outside lm-eval's argument parsing:
-- when the command line names no `--include_path`, the project's fixture tasks
-  (`harness.tasks.fixture_dir()`) are added, so `--tasks fixture_mmlu_pro` works offline;
+- when the command line names no `--include_path`, the project's local tasks
+  (`harness.tasks.cli_tasks_dir()`: the fixtures and the embedded model's tasks) are added, so
+  `--tasks fixture_mmlu_pro` and `--tasks embedded_mc` work offline (lm-eval takes one
+  `--include_path`: with your own, add these tasks to it yourself);
 - `--use_cache` is safe across loop settings: the adapter binds each response-cache db to the
   model and loop setting that first wrote it and refuses any other (see
   `harness.adapter.bind_response_cache`); with `--model hf` lm-eval's own behaviour is unchanged.
@@ -20,14 +22,14 @@ import sys
 
 
 def _with_fixture_tasks(argv: list[str]) -> list[str]:
-    """argv plus `--include_path <fixtures>` for a `run` (explicit or legacy) without one."""
+    """argv plus `--include_path <local tasks>` for a `run` (explicit or legacy) without one."""
     if len(argv) < 2 or argv[1] in ("ls", "validate", "-h", "--help"):
         return argv
     if any(a == "--include_path" or a.startswith("--include_path=") for a in argv[1:]):
         return argv
     try:
-        from harness.tasks import fixture_dir
-        return argv + ["--include_path", str(fixture_dir())]
+        from harness.tasks import cli_tasks_dir
+        return argv + ["--include_path", str(cli_tasks_dir())]
     except Exception as e:  # noqa: BLE001 - fixtures are a convenience, never a reason to fail
         print(f"[loopsweep-eval] fixture tasks unavailable: {e}", file=sys.stderr)
         return argv

@@ -17,9 +17,10 @@ content (`$LOOPSWEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/loopsweep`, else `~/.cach
     from harness.tasks import task_manager
     lm_eval.simple_evaluate(..., tasks=["fixture_commonsense_qa"], task_manager=task_manager())
 
-`loopsweep-eval` adds `--include_path <fixture_dir()>` when the command line has none, so
-`loopsweep-eval --tasks fixture_mmlu_pro ...` works too; `python -m harness.tasks` prints the
-directory for use with plain `lm_eval --include_path`.
+`loopsweep-eval` adds `--include_path <cli_tasks_dir()>` (fixtures and embedded tasks in one
+directory) when the command line has none, so `loopsweep-eval --tasks fixture_mmlu_pro ...` and
+`--tasks embedded_mc` work too; `python -m harness.tasks` prints that directory for use with plain
+`lm_eval --include_path`.
 """
 from __future__ import annotations
 
@@ -116,18 +117,47 @@ def fixture_dir() -> Path:
     for p in templates + sorted(DATA.glob("*.jsonl")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     subs = {"@LM_EVAL_TASKS@": str(tasks_dir), "@DATA@": str(DATA)}
+
+    def write(tmp: Path) -> None:
+        for t in templates:
+            (tmp / t.name[: -len(".in")]).write_text(_render(t, subs))
+    return _cached_dir(f"fixtures-{h.hexdigest()[:16]}", write)
+
+
+def cli_tasks_dir() -> Path:
+    """One directory with every local task: `fixtures/` (the resolved fixtures) and `embedded/`
+    (a copy of the embedded model's tasks). lm-eval's `--include_path` takes a single path; this
+    is the one `loopsweep-eval` adds and `python -m harness.tasks` prints."""
+    sources = {"fixtures": fixture_dir(), "embedded": EMBEDDED}
+    files = {name: sorted(f for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
+             for name, src in sources.items()}
+    h = hashlib.sha256()
+    for name, fs in files.items():
+        for f in fs:
+            h.update(f"{name}/{f.name}".encode() + b"\0" + f.read_bytes())
+
+    def write(tmp: Path) -> None:
+        for name, fs in files.items():
+            (tmp / name).mkdir()
+            for f in fs:
+                shutil.copyfile(f, tmp / name / f.name)
+    return _cached_dir(f"local-{h.hexdigest()[:16]}", write)
+
+
+def _cached_dir(name: str, write) -> Path:
+    """`<cache>/tasks/<name>`, filled once by `write(tmp_dir)` and renamed into place atomically
+    (the cache root, else the temp dir when it is not writable)."""
     for root in (_cache_root(), Path(tempfile.gettempdir()) / f"loopsweep-{os.getuid()}"):
-        out = root / "tasks" / f"fixtures-{h.hexdigest()[:16]}"
+        out = root / "tasks" / name
         if (out / ".complete").exists():
             return out
         try:
             root.joinpath("tasks").mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".fixtures-", dir=root / "tasks"))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root / "tasks"))
         except OSError:
             continue                      # cache dir not writable: try the temp dir
         try:
-            for t in templates:
-                (tmp / t.name[: -len(".in")]).write_text(_render(t, subs))
+            write(tmp)
             (tmp / ".complete").write_text("")
             try:
                 os.replace(tmp, out)      # atomic; another process may have won the race
@@ -137,7 +167,7 @@ def fixture_dir() -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
-    raise OSError(f"no writable cache directory for the fixture tasks (tried {_cache_root()} and "
+    raise OSError(f"no writable cache directory for the local tasks (tried {_cache_root()} and "
                   f"{tempfile.gettempdir()}); set LOOPSWEEP_CACHE_DIR")
 
 
@@ -158,5 +188,5 @@ def task_manager(include_defaults: bool = False, extra_paths=(), **kwargs):
                        include_defaults=include_defaults, **kwargs)
 
 
-__all__ = ["FIXTURE_TASKS", "FIXTURE_GROUPS", "PAPER_SHOTS", "fixture_dir", "include_paths",
+__all__ = ["FIXTURE_TASKS", "FIXTURE_GROUPS", "PAPER_SHOTS", "cli_tasks_dir", "fixture_dir", "include_paths",
            "installed_yaml", "lm_eval_tasks_dir", "task_manager"]

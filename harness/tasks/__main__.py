@@ -1,5 +1,5 @@
-"""`python -m harness.tasks`: print the directory of the resolved fixture tasks (for
-`lm_eval --include_path`)."""
-from harness.tasks import fixture_dir
+"""`python -m harness.tasks`: print the directory holding every local task (the resolved fixtures
+and the embedded model's tasks), for `lm_eval --include_path`."""
+from harness.tasks import cli_tasks_dir
 
-print(fixture_dir())
+print(cli_tasks_dir())

@@ -376,7 +376,9 @@ def read_cli_output(out: Path):
 
 @pytest.mark.slow
 def test_cli_k1_looped_equals_hf_and_records_every_loop_option(tiny_model_dir, tmp_path):
-    tasks = "fixture_mmlu_pro,fixture_gpqa_main_zeroshot,fixture_commonsense_qa,fixture_arc_challenge,fixture_openbookqa"
+    # every local task is found without --include_path (fixtures and embedded tasks, one directory)
+    tasks = ("fixture_mmlu_pro,fixture_gpqa_main_zeroshot,fixture_commonsense_qa,fixture_arc_challenge,"
+             "fixture_openbookqa,embedded_mc,embedded_gen")
     common = ["--tasks", tasks, "--limit", "1", "--batch_size", "2", "--device", "cpu",
               "--gen_kwargs", "max_gen_toks=8", "--log_samples"]
     hf_args = f"pretrained={tiny_model_dir},dtype=float32,max_length=2048"
@@ -399,7 +401,8 @@ def test_cli_k1_looped_equals_hf_and_records_every_loop_option(tiny_model_dir, t
     assert hf_samples.keys() == lp_samples.keys()
     assert {t for t, _, _ in hf_samples} == {"fixture_mmlu_pro_biology", "fixture_mmlu_pro_computer_science",
                                              "fixture_mmlu_pro_math", "fixture_gpqa_main_zeroshot",
-                                             "fixture_commonsense_qa", "fixture_arc_challenge", "fixture_openbookqa"}
+                                             "fixture_commonsense_qa", "fixture_arc_challenge", "fixture_openbookqa",
+                                             "embedded_mc", "embedded_gen"}
     diff = [k for k in hf_samples if hf_samples[k] != lp_samples[k]]
     assert not diff, f"{len(diff)} samples differ, e.g. {diff[0]}"
     loop = lp_res["config"]["loop"]

@@ -95,6 +95,10 @@ def test_fixture_dir_is_rebuilt_in_a_fresh_cache(tmp_path, monkeypatch):
     assert d.is_relative_to(tmp_path) and (d / ".complete").exists()
     assert sorted(p.name for p in d.glob("*.yaml")) == sorted(f"{n}.yaml" for n in {**T.FIXTURE_TASKS, **T.FIXTURE_GROUPS})
     assert T.fixture_dir() == d                                  # reused, not rewritten
+    local = T.cli_tasks_dir()                                    # what loopsweep-eval passes
+    assert local.is_relative_to(tmp_path) and T.cli_tasks_dir() == local
+    assert sorted(p.name for p in (local / "fixtures").glob("*.yaml")) == sorted(p.name for p in d.glob("*.yaml"))
+    assert {"embedded_mc.yaml", "embedded_gen.yaml", "mc.jsonl", "utils.py"} <= {p.name for p in (local / "embedded").iterdir()}
 
 
 def test_fixture_rows_use_the_real_schema():
