@@ -34,16 +34,17 @@ from __future__ import annotations
 import contextlib
 import copy
 
-from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicLayer,
+from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicIndexedLayer, DynamicLayer,
                                      DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin)
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
 
-# Exactly these classes: their `update` only rebinds attributes, so a shallow snapshot of the
-# attribute dict restores a slot. Subclasses are not trusted (the quantized layers subclass
+# Exactly these classes: their updates only rebind attributes (`torch.cat`), so a shallow snapshot
+# of the attribute dict restores a slot. Subclasses are not trusted (the quantized layers subclass
 # DynamicLayer but keep quantized copies and a frozen scale beside `keys`/`values`).
-SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+# DynamicIndexedLayer (DSA: deepseek_v32, glm_moe_dsa) adds indexer keys, also grown by `torch.cat`.
+SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer)
 
 
 def find_cache(kwargs: dict):
@@ -98,7 +99,7 @@ def _check_layer(layer, slot: int):
     if type(layer) not in SUPPORTED_LAYERS:
         raise TypeError(
             f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
-            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer), the default of `generate` and of "
+            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer), the default of `generate` and of "
             f"`model(..., use_cache=True)`. Static caches write keys/values in place and quantized / offloaded "
             f"caches keep state the stash cannot restore. Pass a DynamicCache (or no cache) instead, and do not "
             f"use cache_implementation='static' / 'quantized' / 'offloaded' while looping.")
@@ -153,6 +154,8 @@ class KVStash:
             fresh.__dict__.update(keys=None, values=None, is_initialized=False)
             if hasattr(fresh, "cumulative_length"):
                 fresh.cumulative_length = 0
+            if hasattr(fresh, "indexer_keys"):
+                fresh.__dict__.update(indexer_keys=None, indexer_position_ids=None, is_indexer_initialized=False)
             slots[(slot, p)] = fresh
         return slots[(slot, p)]
 

@@ -39,6 +39,9 @@ DENSE_FAMILIES: dict[str, dict] = {
     # sliding window on three of every four layers (layer 3 full), as in the real config
     "olmo3": dict(sliding_window=4),
     "exaone4": dict(sliding_window=4),
+    # dense MLA
+    "minicpm3": dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                     head_dim=8, num_key_value_heads=4),
     # Pythia: parallel residual, partial rotary, the cache reaches its layers as `layer_past`
     "gpt_neox": dict(rotary_pct=0.25, use_parallel_residual=True),
 }
@@ -74,6 +77,15 @@ MOE_FAMILIES: dict[str, dict] = {
     "ernie4_5_moe": dict(_MOE, moe_num_experts=8, moe_k=2, moe_layer_start_index=2,
                          moe_num_shared_experts=1),
     "phimoe": dict(num_local_experts=4, num_experts_per_tok=2),
+    # MLA + MoE (GLM-4.7-Flash style)
+    "glm4_moe_lite": dict(_MOE, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+                          topk_group=1, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                          v_head_dim=16, head_dim=8, num_key_value_heads=4),
+    # DSA: MLA + a lightning indexer with its own cached keys (DynamicIndexedLayer)
+    "deepseek_v32": dict(_MOE, n_routed_experts=8, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+                         topk_group=1, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                         v_head_dim=16, head_dim=8, num_key_value_heads=4, index_n_heads=2, index_head_dim=16,
+                         index_topk=4),
 }
 
 FAMILIES: dict[str, dict] = {**DENSE_FAMILIES, **MOE_FAMILIES}

@@ -48,9 +48,16 @@ FAMILY_OPTIONS = {
                         moe_intermediate_size=32, num_key_value_heads=4, first_k_dense_replace=1,
                         num_experts_per_tok=2),
     "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=5, layer_types=ALTERNATING),
+    # DSA: MLA plus a lightning indexer whose keys are cached beside K/V (DynamicIndexedLayer). Its
+    # top-k over keys makes the plain model depend on left padding unless k covers every key, which
+    # the padded-row-vs-alone checks need: index_topk 64 > any sequence here
+    "deepseek_v32": dict(kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                         head_dim=8, n_routed_experts=8, n_group=1, topk_group=1, n_shared_experts=1,
+                         moe_intermediate_size=32, num_key_value_heads=4, first_k_dense_replace=1,
+                         num_experts_per_tok=2, index_n_heads=2, index_head_dim=16, index_topk=64),
 }
 DENSE = ["llama", "qwen3", "mistral", "gemma3_text", "olmo2", "gpt_neox"]
-MOE = ["qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"]
+MOE = ["qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss", "deepseek_v32"]
 FAMILIES = DENSE + MOE
 S, E = 2, 4
 WINDOW = f"{S}:{E}"
