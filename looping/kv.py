@@ -43,7 +43,7 @@ PRIVATE_ATTR = "_loopsweep_private_slots"
 # Exactly these classes: their updates only rebind attributes (`torch.cat`), so a shallow snapshot
 # of the attribute dict restores a slot. Subclasses are not trusted (the quantized layers subclass
 # DynamicLayer but keep quantized copies and a frozen scale beside `keys`/`values`).
-# DynamicIndexedLayer (DSA: deepseek_v32, glm_moe_dsa) adds indexer keys, also grown by `torch.cat`.
+# DynamicIndexedLayer (DSA, e.g. deepseek_v32) adds indexer keys, also grown by `torch.cat`.
 SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer)
 
 
