@@ -30,8 +30,8 @@ def _with_fixture_tasks(argv: list[str]) -> list[str]:
     try:
         from harness.tasks import cli_tasks_dir
         return argv + ["--include_path", str(cli_tasks_dir())]
-    except Exception as e:  # noqa: BLE001 - fixtures are a convenience, never a reason to fail
-        print(f"[loopsweep-eval] fixture tasks unavailable: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - local tasks are a convenience, never a reason to fail
+        print(f"[loopsweep-eval] local tasks unavailable: {e}", file=sys.stderr)
         return argv
 
 
