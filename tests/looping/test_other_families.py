@@ -165,3 +165,32 @@ def test_nemotron_h_attention_and_mlp_window(mode):
     with looped(model, LoopConfig(window="0:2", k=3, mode=mode)):
         with pytest.raises(TypeError, match="recurrent state"):
             generate(model, ids, mask)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_multimodal_checkpoints_loop_their_text_decoder(family):
+    """`AutoModelForCausalLM` loads gemma3 / gemma4 checkpoints as their ...ForConditionalGeneration
+    classes (vision tower included); text-only inputs loop the language model's layers."""
+    text = dict(BASE, vocab_size=300, num_hidden_layers=6, sliding_window=4, max_position_embeddings=256)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=28, patch_size=14)
+    if family == "gemma3":
+        extra = dict(mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298)
+    else:
+        text.update(SPECS["gemma4_text"])
+        extra = dict(image_token_id=299)
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, text_config=text, vision_config=vision, **extra)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    info = describe(model)
+    assert type(model).__name__.endswith("ForConditionalGeneration") and info.n_layers == 6
+    assert type(info.decoder).__name__.endswith("TextModel")
+    ids, mask = ids_and_mask()
+    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    for mode in ("block", "layer"):
+        with looped(model, LoopConfig(window="1:2", k=1, integrator="naive", mode=mode)):
+            assert torch.equal(logits(model, ids, mask), plain)
+            assert torch.equal(generate(model, ids, mask), plain_gen)
+    with looped(model, LoopConfig(window="1:2", k=3)):
+        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert generate(model, ids, mask).shape == plain_gen.shape
