@@ -19,12 +19,13 @@ copies. Here:
 
 Snapshots are shallow copies of the cache layer's attributes: Dynamic layers never mutate their
 tensors in place (`update` rebinds `keys`/`values`), so restoring the attribute dict restores the
-slot exactly, at no copy cost. A `DummyLayer` slot (a block without attention, e.g. nemotron_h's
-MLP / MoE blocks) holds nothing and is left alone. Any other cache layer class (static layers write in place; quantized
-layers subclass DynamicLayer but keep extra state; linear-attention / SSM / conv layers hold a
-recurrent state that every evaluation would advance), any cache class other than DynamicCache
-(subclasses such as MiniMaxCache keep state outside `layers`) and offloaded caches are refused
-with a TypeError.
+slot exactly, at no copy cost. `LinearAttentionLayer` slots (the recurrent conv / SSM states of
+mamba and of hybrids' linear-attention layers) update their tensors in place, so their snapshots
+are copies. A `DummyLayer` slot (a block without attention, e.g. nemotron_h's MLP blocks) holds
+nothing and is left alone. Any other cache layer class (static layers write in place; quantized
+layers subclass DynamicLayer but keep extra state; mixed K/V + recurrent layers), any cache class
+other than DynamicCache (subclasses such as MiniMaxCache keep state outside `layers`) and
+offloaded caches are refused with a TypeError.
 
 The cache is found by type, not by name (`find_cache`): families pass it to their layers as
 `past_key_values`, `layer_past` (gpt_neox) or `cache_params` (mamba).
@@ -34,8 +35,10 @@ from __future__ import annotations
 import contextlib
 import copy
 
+import torch
 from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicIndexedLayer, DynamicLayer,
-                                     DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin)
+                                     DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin,
+                                     LinearAttentionLayer)
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
@@ -62,17 +65,14 @@ def find_cache(kwargs: dict):
 
 
 def past_length(cache) -> int:
-    """Tokens already in `cache` (0 without one)."""
+    """Tokens already in `cache` (0 without one). A cache of recurrent layers only (mamba) has no
+    length to ask: it counts 1 once any layer holds a state (all the runner needs: past > 0)."""
     if cache is None:
         return 0
-    try:
-        return cache.get_seq_length()
-    except ValueError as e:    # transformers: no attention layer to ask (a pure recurrent model)
-        kinds = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
-        raise TypeError(
-            f"the cache holds no attention layer ({', '.join(kinds) or type(cache).__name__}): a recurrent "
-            f"model (mamba-like) keeps states that every loop evaluation would advance, so it can be "
-            f"looped only without a cache (use_cache=False).") from e
+    layers = getattr(cache, "layers", [])
+    if layers and all(type(layer) is LinearAttentionLayer for layer in layers):
+        return int(any(any(layer.has_previous_state.values()) for layer in layers))
+    return cache.get_seq_length()
 
 
 def _check_cache(cache) -> None:
@@ -89,32 +89,48 @@ def _check_cache(cache) -> None:
 
 
 def _check_layer(layer, slot: int):
-    if type(layer) is DummyLayer:      # a block without attention (MLP / MoE only): holds nothing
+    if getattr(layer, "record_past", False):
+        raise TypeError(f"cache slot {slot} records past states (assisted decoding); not supported while looping.")
+    if type(layer) in (DummyLayer, LinearAttentionLayer):   # nothing / a recurrent state (snapshot by copy)
         return
     if isinstance(layer, LinearAttentionCacheLayerMixin):
         raise TypeError(
-            f"cache slot {slot} is a {type(layer).__name__}: the window holds a layer with a recurrent state "
-            f"(linear attention, SSM or convolution) that every loop evaluation would advance. Loop a window "
-            f"of attention layers only (see the model config's `layer_types`), or run without a cache.")
+            f"cache slot {slot} is a {type(layer).__name__}, which keeps attention K/V and a recurrent state "
+            f"in one slot; the loop stash handles pure recurrent slots (LinearAttentionLayer) and pure K/V "
+            f"slots, not this mix. Loop a window without such layers, or run without a cache.")
     if type(layer) not in SUPPORTED_LAYERS:
         raise TypeError(
             f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
-            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer), the default of `generate` and of "
-            f"`model(..., use_cache=True)`. Static caches write keys/values in place and quantized / offloaded "
-            f"caches keep state the stash cannot restore. Pass a DynamicCache (or no cache) instead, and do not "
-            f"use cache_implementation='static' / 'quantized' / 'offloaded' while looping.")
-    if getattr(layer, "record_past", False):
-        raise TypeError(f"cache slot {slot} records past states (assisted decoding); not supported while looping.")
+            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer, LinearAttentionLayer), "
+            f"the default of `generate` and of `model(..., use_cache=True)`. Static caches write keys/values in "
+            f"place and quantized / offloaded caches keep state the stash cannot restore. Pass a DynamicCache "
+            f"(or no cache) instead, and do not use cache_implementation='static' / 'quantized' / 'offloaded' "
+            f"while looping.")
+
+
+def _copied(state: dict) -> dict:
+    """A copy of a recurrent layer's attribute dict whose tensors (and the dicts holding them) are
+    new objects: those layers update their conv / recurrent states in place (`copy_`)."""
+    def copy_value(v):
+        if torch.is_tensor(v):
+            return v.clone()
+        if isinstance(v, dict):
+            return {k: copy_value(x) for k, x in v.items()}
+        return v
+    return {k: copy_value(v) for k, v in state.items()}
 
 
 def snapshot(layer) -> dict:
+    if type(layer) is LinearAttentionLayer:
+        return _copied(layer.__dict__)
     return dict(layer.__dict__)
 
 
 def restore(layer, state: dict) -> None:
     if layer.__dict__ is not state:
+        fresh = _copied(state) if type(layer) is LinearAttentionLayer else state
         layer.__dict__.clear()
-        layer.__dict__.update(state)
+        layer.__dict__.update(fresh)
 
 
 def slice_mask(mask, q: int):
@@ -149,6 +165,8 @@ class KVStash:
 
     def _private(self, cache, slot: int, p: int):
         slots = cache.__dict__.setdefault(PRIVATE_ATTR, {})
+        if (slot, p) not in slots and type(cache.layers[slot]) is LinearAttentionLayer:
+            slots[(slot, p)] = LinearAttentionLayer(number_of_states=cache.layers[slot].number_of_states)
         if (slot, p) not in slots:
             fresh = copy.copy(cache.layers[slot])
             fresh.__dict__.update(keys=None, values=None, is_initialized=False)
@@ -176,7 +194,9 @@ class KVStash:
             finally:
                 cache.layers[slot] = layer
             return
-        pre = self.pre.setdefault(slot, snapshot(layer))
+        if slot not in self.pre:
+            self.pre[slot] = snapshot(layer)
+        pre = self.pre[slot]
         restore(layer, pre)
         if self.policy == "none":
             kwargs = {**kwargs, "attention_mask": slice_mask(kwargs.get("attention_mask"), q)}

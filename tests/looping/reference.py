@@ -125,7 +125,10 @@ class StashReference:
             pe = self.dec.rotary_emb(inp, pos, kind)
         else:
             pe = self.dec.rotary_emb(inp, pos)
-        y = self.layers[i](inp, attention_mask=self._mask(kind, idx, idx, valid), position_ids=pos,
+        # linear-attention layers (a recurrent state; hybrids) take the 2-D padding mask, and re-running
+        # them over [past inputs, x] from a zero state is what their cached state stands for
+        layer_mask = valid if kind == "linear_attention" else self._mask(kind, idx, idx, valid)
+        y = self.layers[i](inp, attention_mask=layer_mask, position_ids=pos,
                            position_embeddings=pe, past_key_values=None, use_cache=False)
         return y[:, inp.shape[1] - q:]
 

@@ -4,9 +4,9 @@ causal LMs): what looping supports there, and the clear refusals where it cannot
 - The cache is found by type, not by argument name: gpt_neox passes it to its layers as
   `layer_past` (tested with the full stash reference in test_generation.py), mamba as
   `cache_params`.
-- Recurrent state (mamba, the linear / SSM layers of jamba and qwen3_next) would advance once per
-  loop evaluation: a window holding such a layer is refused when a cache is in use; an
-  attention-only window of a hybrid model loops normally.
+- Recurrent state (mamba, the linear / SSM layers of jamba and qwen3_next) is stashed like K/V
+  (copied, since those layers update it in place): a window holding such layers loops with a
+  cache under every kv policy.
 - Cache classes other than DynamicCache (MiniMaxCache keeps linear-attention state outside its
   layers) are refused.
 - Decoders that unpack a tuple from each layer (falcon_h1, bamba) are refused at `looped()`.
@@ -78,34 +78,47 @@ def generate(model, ids, mask=None):
                           pad_token_id=0)
 
 
-def test_mamba_loops_without_a_cache_and_refuses_one():
-    model = tiny("mamba")
-    ids, _ = ids_and_mask()
-    plain = logits(model, ids)
-    with looped(model, LoopConfig(window="1:3", k=1, integrator="naive")):
-        assert torch.equal(logits(model, ids), plain)
-    with looped(model, LoopConfig(window="1:3", k=3)) as h:
-        assert not torch.allclose(logits(model, ids), plain)
-        assert h.stats.window_passes_last == 3
-        with pytest.raises(TypeError, match="no attention layer.*recurrent"):
-            generate(model, ids)
-    assert torch.equal(generate(model, ids), generate(model, ids))  # the model is intact
+def recurrent_states(cache, slots) -> list:
+    """The conv / recurrent state tensors of the given cache slots (linear-attention layers)."""
+    return [t for i in slots for d in (cache.layers[i].conv_states, cache.layers[i].recurrent_states)
+            for t in d.values() if t is not None]
 
 
-@pytest.mark.parametrize("family", ["jamba", "qwen3_next"])
-def test_hybrid_attention_window_loops_and_recurrent_window_is_refused(family):
+@pytest.mark.parametrize("family, window", [("mamba", "1:3"), ("jamba", "0:2"), ("qwen3_next", "0:2")])
+def test_windows_with_recurrent_layers_loop_with_a_cache(family, window):
+    """A window holding recurrent (SSM / linear-attention) layers: their state is stashed like K/V.
+    K = 1 generates the plain tokens; after a looped prefill with kv='first' the window's states
+    are the plain model's (the natural pass); with kv='per_pass' cached decoding equals the looped
+    model re-run on the whole sequence without a cache."""
     model = tiny(family)
     ids, _ = ids_and_mask()
-    assert describe(model).layer_types[1] == "full_attention"
-    plain, plain_logits = generate(model, ids), logits(model, ids)
-    with looped(model, LoopConfig(window="1:2", k=1, integrator="naive")):
+    s, e = (int(x) for x in window.split(":"))
+    assert any(t != "full_attention" for t in describe(model).layer_types[s:e])
+    plain = generate(model, ids)
+    with looped(model, LoopConfig(window=window, k=1, integrator="naive")):
         assert torch.equal(generate(model, ids), plain)
-    with looped(model, LoopConfig(window="1:2", k=3)):
-        assert generate(model, ids).shape == plain.shape
-    with looped(model, LoopConfig(window="0:2", k=3)):
-        assert not torch.allclose(logits(model, ids), plain_logits)   # no cache: no state to advance
-        with pytest.raises(TypeError, match="cache slot 0 is a LinearAttentionLayer.*recurrent state"):
-            generate(model, ids)
+
+    def prefill_cache(**loop):
+        kw = dict(max_new_tokens=1, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+        if not loop:
+            return model.generate(input_ids=ids, **kw).past_key_values
+        with torch.no_grad(), looped(model, LoopConfig(window=window, **loop)):
+            return model.generate(input_ids=ids, **kw).past_key_values
+    recurrent = [i for i in range(s, e) if hasattr(prefill_cache().layers[i], "recurrent_states")]
+    want = recurrent_states(prefill_cache(), recurrent)
+    got = recurrent_states(prefill_cache(k=3, kv="first"), recurrent)
+    assert want and len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    moved = recurrent_states(prefill_cache(k=3, kv="last"), recurrent)
+    assert any(not torch.equal(a, b) for a, b in zip(moved, want))     # kv=last: the post-loop pass
+
+    with torch.no_grad(), looped(model, LoopConfig(window=window, k=3, kv="per_pass")):
+        out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                             output_logits=True, return_dict_in_generate=True)
+        full = model(input_ids=out.sequences, use_cache=False).logits
+    T = ids.shape[1]
+    for t, step in enumerate(out.logits):
+        diff = (step - full[:, T - 1 + t]).abs().max().item()
+        assert diff <= 1e-4, f"{family} per_pass decode step {t}: max |diff| {diff:.3g}"
 
 
 def test_cache_classes_with_extra_state_are_refused():
@@ -162,9 +175,8 @@ def test_nemotron_h_attention_and_mlp_window(mode):
         assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
         assert generate(model, ids, mask).shape == plain_gen.shape
         assert h.stats.window_passes_last == 3
-    with looped(model, LoopConfig(window="0:2", k=3, mode=mode)):
-        with pytest.raises(TypeError, match="recurrent state"):
-            generate(model, ids, mask)
+    with looped(model, LoopConfig(window="0:2", k=3, mode=mode)):       # a mamba layer in the window
+        assert generate(model, ids, mask).shape == plain_gen.shape
 
 
 @pytest.mark.parametrize("family", ["gemma3", "gemma4"])
