@@ -43,11 +43,14 @@ from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicIn
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
 
-# Exactly these classes: their updates only rebind attributes (`torch.cat`), so a shallow snapshot
-# of the attribute dict restores a slot. Subclasses are not trusted (the quantized layers subclass
-# DynamicLayer but keep quantized copies and a frozen scale beside `keys`/`values`).
-# DynamicIndexedLayer (DSA, e.g. deepseek_v32) adds indexer keys, also grown by `torch.cat`.
-SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer)
+# Exactly these classes. The dynamic ones only rebind attributes on update (`torch.cat`), so a
+# shallow snapshot of the attribute dict restores a slot; DynamicIndexedLayer (DSA, e.g.
+# deepseek_v32) adds indexer keys grown the same way. LinearAttentionLayer (recurrent conv / SSM
+# states) updates in place: its snapshots are copies. DummyLayer (a block without attention)
+# holds nothing. Subclasses are not trusted (the quantized layers subclass DynamicLayer but keep
+# quantized copies and a frozen scale beside `keys`/`values`).
+SUPPORTED_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer, LinearAttentionLayer,
+                    DummyLayer)
 
 
 def find_cache(kwargs: dict):
@@ -91,21 +94,19 @@ def _check_cache(cache) -> None:
 def _check_layer(layer, slot: int):
     if getattr(layer, "record_past", False):
         raise TypeError(f"cache slot {slot} records past states (assisted decoding); not supported while looping.")
-    if type(layer) in (DummyLayer, LinearAttentionLayer):   # nothing / a recurrent state (snapshot by copy)
+    if type(layer) in SUPPORTED_LAYERS:
         return
     if isinstance(layer, LinearAttentionCacheLayerMixin):
         raise TypeError(
             f"cache slot {slot} is a {type(layer).__name__}, which keeps attention K/V and a recurrent state "
             f"in one slot; the loop stash handles pure recurrent slots (LinearAttentionLayer) and pure K/V "
             f"slots, not this mix. Loop a window without such layers, or run without a cache.")
-    if type(layer) not in SUPPORTED_LAYERS:
-        raise TypeError(
-            f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
-            f"DynamicCache (DynamicLayer, DynamicSlidingWindowLayer, DynamicIndexedLayer, LinearAttentionLayer), "
-            f"the default of `generate` and of `model(..., use_cache=True)`. Static caches write keys/values in "
-            f"place and quantized / offloaded caches keep state the stash cannot restore. Pass a DynamicCache "
-            f"(or no cache) instead, and do not use cache_implementation='static' / 'quantized' / 'offloaded' "
-            f"while looping.")
+    raise TypeError(
+        f"cache slot {slot} is a {type(layer).__name__}; the loop stash supports only the layers of a plain "
+        f"DynamicCache ({', '.join(c.__name__ for c in SUPPORTED_LAYERS)}), the default of `generate` and "
+        f"of `model(..., use_cache=True)`. Static caches write keys/values in place and quantized / "
+        f"offloaded caches keep state the stash cannot restore. Pass a DynamicCache (or no cache) instead, "
+        f"and do not use cache_implementation='static' / 'quantized' / 'offloaded' while looping.")
 
 
 def _copied(state: dict) -> dict:
@@ -165,15 +166,13 @@ class KVStash:
 
     def _private(self, cache, slot: int, p: int):
         slots = cache.__dict__.setdefault(PRIVATE_ATTR, {})
-        if (slot, p) not in slots and type(cache.layers[slot]) is LinearAttentionLayer:
-            slots[(slot, p)] = LinearAttentionLayer(number_of_states=cache.layers[slot].number_of_states)
         if (slot, p) not in slots:
-            fresh = copy.copy(cache.layers[slot])
-            fresh.__dict__.update(keys=None, values=None, is_initialized=False)
-            if hasattr(fresh, "cumulative_length"):
-                fresh.cumulative_length = 0
-            if hasattr(fresh, "indexer_keys"):
-                fresh.__dict__.update(indexer_keys=None, indexer_position_ids=None, is_indexer_initialized=False)
+            layer = cache.layers[slot]
+            if type(layer) is LinearAttentionLayer:   # its reset() zeroes shared tensors in place
+                fresh = LinearAttentionLayer(number_of_states=layer.number_of_states)
+            else:                                     # dynamic layers' reset() rebinds: K/V, indexer -> None
+                fresh = copy.copy(layer)
+                fresh.reset()
             slots[(slot, p)] = fresh
         return slots[(slot, p)]
 

@@ -67,30 +67,26 @@ class _Forward:
 
 
 class _Wrapper(nn.Module):
-    """A window position's stand-in. Attribute reads it cannot answer go to the layer it replaces
-    (decoders that read e.g. `layer.attention_type` / `layer.block_type` to pick a mask)."""
+    """Window position j's stand-in: records what the position receives. Attribute reads it cannot
+    answer go to the layer it replaces (decoders that read e.g. `layer.attention_type` /
+    `layer.block_type` to pick a mask)."""
 
-    def __init__(self, handle: "LoopHandle", original: nn.Module):
+    def __init__(self, handle: "LoopHandle", j: int):
         super().__init__()
-        self._handle = handle                          # plain attributes, not submodules
-        object.__setattr__(self, "_original", original)
+        self._handle = handle  # a plain attribute, not a submodule: the layers live in _Block / _Layer
+        self.j = j
 
     def __getattr__(self, name):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            original = self.__dict__.get("_original")
-            if original is None or name.startswith("__"):
+            if name.startswith("__") or "_handle" not in self.__dict__:
                 raise
-            return getattr(original, name)
+            return getattr(self._handle.window[self.j], name)
 
 
 class _Defer(_Wrapper):
     """Block mode, window positions s..e-2: remember this position's kwargs, pass h through."""
-
-    def __init__(self, handle: "LoopHandle", j: int, original: nn.Module):
-        super().__init__(handle, original)             # _Defer holds no layer: _Block.inner does
-        self.j = j
 
     def forward(self, hidden_states, *args, **kwargs):
         self._handle._record(self.j, args, kwargs)
@@ -101,11 +97,11 @@ class _Block(_Wrapper):
     """Block mode, window position e-1: run the integrator over the whole window."""
 
     def __init__(self, handle: "LoopHandle", layers):
-        super().__init__(handle, layers[-1])
+        super().__init__(handle, len(layers) - 1)
         self.inner = nn.ModuleList(layers)  # the original layers, registered once, here
 
     def forward(self, hidden_states, *args, **kwargs):
-        self._handle._record(len(self.inner) - 1, args, kwargs)
+        self._handle._record(self.j, args, kwargs)
         return self._handle._run_unit(hidden_states, list(range(len(self.inner))))
 
 
@@ -113,8 +109,7 @@ class _Layer(_Wrapper):
     """Layer mode, window position j: run the integrator over this layer alone."""
 
     def __init__(self, handle: "LoopHandle", j: int, layer):
-        super().__init__(handle, layer)
-        self.j = j
+        super().__init__(handle, j)
         self.inner = layer
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -179,7 +174,7 @@ class LoopHandle:
         try:
             if self.resolved.mode == "block":
                 for j in range(e - s - 1):
-                    layers[s + j] = _Defer(self, j, self.window[j])
+                    layers[s + j] = _Defer(self, j)
                 layers[e - 1] = _Block(self, self.window)
             else:
                 for j in range(e - s):

@@ -44,11 +44,12 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     samples = store.load_samples(root)
     scope = f"`{root}`"
     if cell_ids is not None:
-        keep, have = set(cell_ids), set(results["cell_id"])
+        keep = set(cell_ids)
+        found = len(keep & set(results["cell_id"]))
         results = results[results["cell_id"].isin(keep)].reset_index(drop=True)
         samples = samples[samples["cell_id"].isin(keep)].reset_index(drop=True)
-        scope += f" restricted to {len(keep & have)} of {len(keep)} requested cells (the rest have no record)" \
-            if keep - have else f" restricted to the {len(keep)} requested cells"
+        scope += (f" restricted to the {len(keep)} requested cells" if found == len(keep) else
+                  f" restricted to {found} of {len(keep)} requested cells (the rest have no record)")
     log(f"[report] {len(results)} result rows ({int((results['status'] == 'ok').sum()) if len(results) else 0} ok), "
         f"{len(samples)} sample rows from {scope}")
     ref = report.load_reference() if reference else None
@@ -92,13 +93,16 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     return {"written": written, "skipped": skipped}
 
 
+def _lines(path: str) -> list[str]:
+    """The non-blank lines of a file, stripped, without `#` comment lines."""
+    return [ln.strip() for ln in Path(path).read_text().splitlines()
+            if ln.strip() and not ln.strip().startswith("#")]
+
+
 def _read_doc_ids(path: str) -> set:
     """One doc_id per line, or 'task,doc_id' per line (ints where they parse)."""
     out = set()
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _lines(path):
         parts = [p.strip() for p in line.split(",")]
         conv = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
         out.add(tuple(conv) if len(conv) == 2 else conv[0])
@@ -120,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="file of cell ids (one per line, # comments) to report on; default: every cell in the store")
     args = ap.parse_args(argv)
     sel = _read_doc_ids(args.select_docs) if args.select_docs else None
-    cells = None
-    if args.cells:
-        cells = [ln.strip() for ln in Path(args.cells).read_text().splitlines()
-                 if ln.strip() and not ln.lstrip().startswith("#")]
+    cells = _lines(args.cells) if args.cells else None
     make_report(args.root, args.out, args.figures, n_boot=args.n_boot, seed=args.seed,
                 holm_adjust=not args.no_holm, select_docs=sel, reference=not args.no_reference,
                 cell_ids=cells)

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from looping import LoopConfig, LoopConfigError, looped
 from looping.arch import describe
 from looping.kv import find_cache
+from tests.looping.manual import plain_logits
 
 BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=64, pad_token_id=0)
@@ -65,11 +66,6 @@ def ids_and_mask():
     mask = torch.ones_like(ids)
     mask[0, :3] = 0
     return ids, mask
-
-
-@torch.no_grad()
-def logits(model, ids, mask=None, **kw):
-    return model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits
 
 
 @torch.no_grad()
@@ -142,12 +138,12 @@ def test_gemma4_positional_layer_input_and_kv_sharing_refusal():
     info = describe(model)
     assert info.kv_sharing == (2, 3, 4, 5) and info.tuple_outputs is False
     ids, mask = ids_and_mask()
-    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    plain, plain_gen = plain_logits(model, ids, mask), generate(model, ids, mask)
     with looped(model, LoopConfig(window="1:2", k=1, integrator="naive")):
-        assert torch.equal(logits(model, ids, mask), plain)
+        assert torch.equal(plain_logits(model, ids, mask), plain)
         assert torch.equal(generate(model, ids, mask), plain_gen)
     with looped(model, LoopConfig(window="0:2", k=3, mode="block")) as h:
-        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert (plain_logits(model, ids, mask) - plain).abs().max() > 1e-3
         assert h.stats.window_passes_last == 3
         assert generate(model, ids, mask).shape == plain_gen.shape
     with pytest.raises(LoopConfigError, match=r"holds layer\(s\) \[2\].*ends at or before layer 2"):
@@ -167,12 +163,12 @@ def test_find_cache_is_by_type_and_refuses_two():
 def test_nemotron_h_attention_and_mlp_window(mode):
     model = tiny("nemotron_h")
     ids, mask = ids_and_mask()
-    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    plain, plain_gen = plain_logits(model, ids, mask), generate(model, ids, mask)
     with looped(model, LoopConfig(window="1:3", k=1, integrator="naive", mode=mode)):
-        assert torch.equal(logits(model, ids, mask), plain)
+        assert torch.equal(plain_logits(model, ids, mask), plain)
         assert torch.equal(generate(model, ids, mask), plain_gen)
     with looped(model, LoopConfig(window="1:3", k=3, mode=mode)) as h:
-        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert (plain_logits(model, ids, mask) - plain).abs().max() > 1e-3
         assert generate(model, ids, mask).shape == plain_gen.shape
         assert h.stats.window_passes_last == 3
     with looped(model, LoopConfig(window="0:2", k=3, mode=mode)):       # a mamba layer in the window
@@ -198,11 +194,11 @@ def test_multimodal_checkpoints_loop_their_text_decoder(family):
     assert type(model).__name__.endswith("ForConditionalGeneration") and info.n_layers == 6
     assert type(info.decoder).__name__.endswith("TextModel")
     ids, mask = ids_and_mask()
-    plain, plain_gen = logits(model, ids, mask), generate(model, ids, mask)
+    plain, plain_gen = plain_logits(model, ids, mask), generate(model, ids, mask)
     for mode in ("block", "layer"):
         with looped(model, LoopConfig(window="1:2", k=1, integrator="naive", mode=mode)):
-            assert torch.equal(logits(model, ids, mask), plain)
+            assert torch.equal(plain_logits(model, ids, mask), plain)
             assert torch.equal(generate(model, ids, mask), plain_gen)
     with looped(model, LoopConfig(window="1:2", k=3)):
-        assert (logits(model, ids, mask) - plain).abs().max() > 1e-3
+        assert (plain_logits(model, ids, mask) - plain).abs().max() > 1e-3
         assert generate(model, ids, mask).shape == plain_gen.shape
