@@ -38,8 +38,7 @@ import transformers
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from looping import LoopConfig, LoopConfigError
-from looping.config import did_you_mean
+from looping import LoopConfig, LoopConfigError, did_you_mean
 
 
 #: the loop model_args: every LoopConfig field, plus `recipe` (a named preset) and `loop`

@@ -6,10 +6,11 @@
 
 Imports torch and transformers only (the harness floor sits above it).
 """
-from .config import RECIPES, LoopConfig, LoopConfigError, ResolvedLoop, WindowSpec, recipe
+from .config import RECIPES, LoopConfig, ResolvedLoop, WindowSpec, recipe
+from .errors import LoopConfigError, did_you_mean
 from .integrators import INTEGRATORS, get_integrator
 
-__all__ = ["LoopConfig", "LoopConfigError", "ResolvedLoop", "WindowSpec", "RECIPES", "recipe",
+__all__ = ["LoopConfig", "LoopConfigError", "did_you_mean", "ResolvedLoop", "WindowSpec", "RECIPES", "recipe",
            "INTEGRATORS", "get_integrator", "looped", "LoopHandle"]
 
 

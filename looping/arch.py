@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import LoopConfigError
+from .errors import LoopConfigError
 
 # model_type -> overrides of the generic lookup (attribute path of the layer list). Empty today.
 SPECIAL: dict[str, dict[str, str]] = {}

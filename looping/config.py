@@ -11,33 +11,17 @@ A depth-fraction window `"c0.46w4"` has centre `c = (s + (W-1)/2) / L`, so
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import LoopConfigError, check_choice, did_you_mean
+
 MODES = ("auto", "block", "layer")
 KV_POLICIES = ("first", "last", "none", "per_pass")
 DECODE_MODES = ("full", "bypass", "first_n")
 ROUTINGS = ("auto", "freeze", "recompute")
-
-
-class LoopConfigError(ValueError):
-    """A loop setting is invalid; the message names the value and the valid choices."""
-
-
-def did_you_mean(value: str, choices) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def check_choice(name: str, value: Any, choices) -> str:
-    if value not in choices:
-        raise LoopConfigError(
-            f"unknown {name} {value!r}; valid choices: {', '.join(map(str, choices))}."
-            + did_you_mean(value, choices))
-    return value
 
 
 def round_half_up(x: float) -> int:

@@ -29,7 +29,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .config import LoopConfigError, did_you_mean
+from .errors import LoopConfigError, did_you_mean
 
 EPS = 1e-6
 

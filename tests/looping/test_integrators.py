@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from looping import LoopConfig
-from looping.config import LoopConfigError
+from looping import LoopConfigError
 from looping.integrators import INTEGRATORS, get_integrator
 from tests.looping.formulas import REFS, all_cases, cfgs_for, compose, ref_anderson
 

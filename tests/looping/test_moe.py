@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from looping import LoopConfig, looped
 from looping.arch import describe, find_routers
-from looping.config import LoopConfigError
+from looping import LoopConfigError
 from tests.looping.families import DENSE, FAMILIES, MOE, tiny_model
 from tests.looping.manual import batch, layer_inputs, replace_input
 from tests.looping.manual import plain_logits as logits_of
