@@ -276,7 +276,8 @@ class LoopConfig:
 
     # ---- resolution against a model ------------------------------------------------------
     def resolve(self, model) -> "ResolvedLoop":
-        """Check this config against `model` and fix every 'auto' choice."""
+        """Check this config against `model` (a model, or the `ArchInfo` of one, e.g. from
+        `looping.arch.describe_config(config)` without weights) and fix every 'auto' choice."""
         from .arch import describe
 
         info = describe(model)
@@ -349,6 +350,18 @@ class ResolvedLoop:
     @property
     def width(self) -> int:
         return self.end - self.start
+
+    @property
+    def passes(self) -> int:
+        """Evaluations of the window per looped forward, as the integrator implies (no halting;
+        kv stash passes of generation not included)."""
+        return get_integrator_spec(self.config.integrator).passes(self.config)
+
+    @property
+    def layer_passes(self) -> int:
+        """Decoder-layer evaluations per token of one full-sequence (scoring) forward: the layers
+        outside the window once, the window `passes` times. The plain model: n_layers."""
+        return self.n_layers - self.width + self.width * self.passes
 
     def record(self) -> dict[str, Any]:
         """Everything a result must carry about the loop (resolved values included)."""
