@@ -47,6 +47,11 @@ class LoopOutput:
     steps: Tensor | None = None  # (B,) steps each row took when halting was on, else None
 
 
+#: the strategy-specific options of LoopConfig; each integrator declares the ones it reads
+STRATEGY_OPTIONS = ("alpha", "beta", "ema_alpha", "momentum", "anderson_m", "anderson_beta",
+                    "schedule", "anchor_rescale")
+
+
 @dataclass(frozen=True)
 class IntegratorSpec:
     name: str
@@ -56,17 +61,29 @@ class IntegratorSpec:
     dense_only: bool = False             # refuses windows with MoE layers
     passes: Callable = lambda cfg: cfg.k  # evaluations of g a LoopConfig implies (no halting)
     check: Callable = lambda cfg: None   # extra constraints on a LoopConfig
+    uses: frozenset = frozenset()        # the STRATEGY_OPTIONS it reads
+    block_only: bool = False             # iterates the whole window (no per-layer form)
 
 
 INTEGRATORS: dict[str, IntegratorSpec] = {}
 
 
-def register(name: str, *, halting=False, dense_only=False, passes=lambda cfg: cfg.k, check=None):
+def register(name: str, *, halting=False, dense_only=False, passes=lambda cfg: cfg.k, check=None,
+             uses=(), block_only=False):
+    unknown = set(uses) - set(STRATEGY_OPTIONS)
+    assert not unknown, f"{name}: unknown options {unknown}"
+
     def deco(fn):
         INTEGRATORS[name] = IntegratorSpec(name, fn, (fn.__doc__ or "").strip(), halting, dense_only,
-                                           passes, check or (lambda cfg: None))
+                                           passes, check or (lambda cfg: None), frozenset(uses),
+                                           block_only)
         return fn
     return deco
+
+
+def users_of(option: str) -> list[str]:
+    """The integrators that read `option` (one of STRATEGY_OPTIONS)."""
+    return [n for n, s in INTEGRATORS.items() if option in s.uses]
 
 
 def get_integrator(name: str) -> IntegratorSpec:
@@ -87,12 +104,19 @@ def row_norm(x: Tensor, valid: Tensor | None) -> Tensor:
     return x.flatten(1).norm(dim=1)
 
 
-class Halting:
-    """Per-row early stop: a row freezes once ||x_new - x|| / ||x|| < tau over its real tokens."""
+HALT_SCOPES = ("row", "batch")
 
-    def __init__(self, tau: float | None, x0: Tensor, valid: Tensor | None):
-        self.tau, self.valid = tau, valid
-        if tau is not None:  # no per-row bookkeeping (and no allocations) when halting is off
+
+class Halting:
+    """Early stop. scope 'row': a row freezes once ||x_new - x|| / ||x|| < tau over its own real
+    tokens (its result never depends on its batch-mates). scope 'batch' (the authors' rule): one
+    ratio over every real token of the batch; all rows stop together. Either way the step that
+    crosses the threshold is accepted, then the row stops."""
+
+    def __init__(self, cfg, x0: Tensor, valid: Tensor | None):
+        self.tau, self.valid = cfg.halt_tau, valid
+        self.scope = getattr(cfg, "halt_scope", "row")
+        if self.tau is not None:  # no per-row bookkeeping (and no allocations) when halting is off
             self.active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
             self.steps = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
 
@@ -103,7 +127,11 @@ class Halting:
         act = self.active
         out = torch.where(act[:, None, None], x_new, x)
         self.steps += act.long()
-        ratio = row_norm(x_new - x, self.valid) / row_norm(x, self.valid).clamp_min(EPS)
+        dx, nx = row_norm(x_new - x, self.valid), row_norm(x, self.valid)
+        if self.scope == "batch":   # one ratio over the batch's real tokens (norms pool as squares)
+            ratio = (dx.square().sum().sqrt() / nx.square().sum().sqrt().clamp_min(EPS)).expand_as(dx)
+        else:
+            ratio = dx / nx.clamp_min(EPS)
         self.active = act & ~(ratio < self.tau)
         return out
 
@@ -121,7 +149,7 @@ class Halting:
 def naive(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """x <- g(x), K times. Approximates time K, not 1: collapses as K grows.
     Source: authors' loop_qwen3.py, strategy 'naive'."""
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     for _ in range(cfg.k):
         x = halt.step(x, g(x))
         if halt.done:
@@ -143,11 +171,11 @@ def damped_euler(g: Window, x0: Tensor, k: int, alpha: float, halt: Halting, fir
     return x
 
 
-@register("euler", halting=True)
+@register("euler", halting=True, uses=("alpha",))
 def euler(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Damped Euler: x <- x + h (g(x) - x), h = alpha/K, K times.
     Source: authors' loop_qwen3.py, strategy 'euler' (there alpha = 1, h = 1/K)."""
-    halt = Halting(cfg.halt_tau, x0, valid)
+    halt = Halting(cfg, x0, valid)
     return halt.result(damped_euler(g, x0, cfg.k, cfg.alpha, halt))
 
 
@@ -157,17 +185,22 @@ def acc_dtype(x: Tensor) -> torch.dtype:
 
 
 def token_norm(x: Tensor) -> Tensor:
-    """(..., 1) L2 norm of each token vector, in the accumulation dtype."""
-    return x.to(acc_dtype(x)).norm(dim=-1, keepdim=True)
+    """(..., 1) L2 norm of each token vector, in the accumulation dtype. Computed on the vector
+    divided by its largest entry, so it stays finite wherever the plain sum of squares would
+    overflow (entries ~1e20 and above in fp32) while the vector itself is finite."""
+    acc = x.to(acc_dtype(x))
+    scale = acc.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(acc.dtype).tiny)
+    return (acc / scale).norm(dim=-1, keepdim=True) * scale
 
 
 def rescale(a: Tensor, n: Tensor) -> Tensor:
     """Scale each token vector of `a` to L2 norm `n` (math in >= fp32, cast back)."""
     acc = a.to(acc_dtype(a))
-    return (acc * (n / acc.norm(dim=-1, keepdim=True).clamp_min(EPS))).to(a.dtype)
+    return (acc * (n / token_norm(acc).clamp_min(EPS))).to(a.dtype)
 
 
-@register("anchored", halting=True, passes=lambda cfg: 1 if cfg.beta == 1.0 else cfg.k)
+@register("anchored", halting=True, passes=lambda cfg: 1 if cfg.beta == 1.0 else cfg.k,
+          uses=("alpha", "beta", "anchor_rescale"))
 def anchored(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """The paper's 'K-stage Runge-Kutta': beta*g(x0) + (1-beta)*E_K(x0), E_K the K-step damped
     Euler endpoint whose first evaluation is the natural pass g(x0) (K passes in total).
@@ -175,7 +208,7 @@ def anchored(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     'block_anchored' (block mode) / 'per_layer_anchored' (layer mode).
     `anchor_rescale` rescales the output to the natural pass's token norms."""
     natural = g(x0)
-    halt = Halting(cfg.halt_tau, x0, valid)
+    halt = Halting(cfg, x0, valid)
     if cfg.beta == 1.0:
         halt.step(x0, natural)
         out = natural
@@ -191,7 +224,7 @@ def anchored(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
 
 def _chain(g: Window, x0: Tensor, cfg, valid, step) -> LoopOutput:
     """K steps x <- step(x, g(x), i), halting per row after each step."""
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     for i in range(cfg.k):
         x = halt.step(x, step(x, g(x), i))
         if halt.done:
@@ -211,12 +244,13 @@ def _need_schedule(cfg, length: int, what: str) -> tuple[float, ...]:
 # ---- classical Runge-Kutta on F(x) = g(x) - x -----------------------------------------------
 
 def _runge_kutta(g: Window, x0: Tensor, cfg, valid, stages) -> LoopOutput:
-    """K steps of size h = 1/K of an explicit RK scheme `stages(F, x, h) -> x_next`."""
-    h = 1.0 / cfg.k
+    """K steps of size h = alpha/K (alpha = 1: the window's one unit of virtual time) of an explicit
+    RK scheme `stages(F, x, h) -> x_next`."""
+    h = cfg.alpha / cfg.k
 
     def F(z):
         return g(z) - z
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     for _ in range(cfg.k):
         x = halt.step(x, stages(F, x, h))
         if halt.done:
@@ -244,34 +278,35 @@ def _rk4_step(F, x, h):
     return x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
-@register("heun", halting=True, passes=lambda cfg: 2 * cfg.k)
+@register("heun", halting=True, passes=lambda cfg: 2 * cfg.k, uses=("alpha",))
 def heun(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
-    """Heun (explicit trapezoid) on F(x) = g(x) - x, K steps of h = 1/K, 2 passes per step:
+    """Heun (explicit trapezoid) on F(x) = g(x) - x, K steps of h = alpha/K, 2 passes per step:
     k1 = F(x), k2 = F(x + h k1), x <- x + (h/2)(k1 + k2). Second order in h.
     Halting is checked after each full step (a step's endpoint is a state; steps count steps, not
     passes). Source: authors' loop_qwen3.py, strategy 'heun'."""
     return _runge_kutta(g, x0, cfg, valid, _heun_step)
 
 
-@register("midpoint", halting=True, passes=lambda cfg: 2 * cfg.k)
+@register("midpoint", halting=True, passes=lambda cfg: 2 * cfg.k, uses=("alpha",))
 def midpoint(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
-    """Explicit midpoint on F(x) = g(x) - x, K steps of h = 1/K, 2 passes per step:
+    """Explicit midpoint on F(x) = g(x) - x, K steps of h = alpha/K, 2 passes per step:
     x <- x + h F(x + (h/2) F(x)). Second order in h. Halting after each full step.
     Source: authors' loop_qwen3.py, strategy 'midpoint'."""
     return _runge_kutta(g, x0, cfg, valid, _midpoint_step)
 
 
-@register("rk4", halting=True, passes=lambda cfg: 4 * cfg.k)
+@register("rk4", halting=True, passes=lambda cfg: 4 * cfg.k, uses=("alpha",))
 def rk4(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
-    """Classical fourth-order Runge-Kutta on F(x) = g(x) - x, K steps of h = 1/K, 4 passes per
+    """Classical fourth-order Runge-Kutta on F(x) = g(x) - x, K steps of h = alpha/K, 4 passes per
     step (stages at x, x + (h/2)k1, x + (h/2)k2, x + h k3; weights 1, 2, 2, 1 over 6).
-    Halting after each full step. Source: authors' loop_qwen3.py, strategy 'rk4'."""
+    Halting after each full step. Source: authors' loop_qwen3.py, strategy 'rk4' (there h = 1/K;
+    alpha = 1 is theirs, other alphas integrate to virtual time alpha)."""
     return _runge_kutta(g, x0, cfg, valid, _rk4_step)
 
 
 # ---- damped / anchored fixed-point iterations ------------------------------------------------
 
-@register("ema", halting=True)
+@register("ema", halting=True, uses=("ema_alpha",))
 def ema(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Damped Picard: x <- a g(x) + (1 - a) x, K times, a = ema_alpha (0.5). Equals euler with
     alpha = a*K. Source: authors' loop_qwen3.py, strategy 'ema'."""
@@ -283,7 +318,7 @@ def _check_ema_sched(cfg):
     _need_schedule(cfg, cfg.k, "one step size a_i per step")
 
 
-@register("ema_sched", halting=True, check=_check_ema_sched)
+@register("ema_sched", halting=True, check=_check_ema_sched, uses=("schedule",))
 def ema_sched(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """ema with a per-step schedule: step i uses x <- a_i g(x) + (1 - a_i) x, a = schedule
     (length K). Source: authors' loop_qwen3.py, strategy 'ema_sched' (per_step_alphas)."""
@@ -302,7 +337,7 @@ def residual_scaled(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     return LoopOutput(x0 + (y - x0) / cfg.k)
 
 
-@register("input_anchor", halting=True)
+@register("input_anchor", halting=True, uses=("ema_alpha",))
 def input_anchor(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Input-anchored damping: x <- a g(x) + (1 - a) x0, K times, a = ema_alpha (0.5); blends with
     the fixed entry state rather than the previous iterate. Source: authors' loop_qwen3.py,
@@ -311,13 +346,13 @@ def input_anchor(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     return _chain(g, x0, cfg, valid, lambda x, y, i: a * y + (1.0 - a) * x0)
 
 
-@register("heavy_ball", halting=True)
+@register("heavy_ball", halting=True, uses=("ema_alpha", "momentum"))
 def heavy_ball(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Polyak momentum on the residual: x <- x + a (g(x) - x) + mu (x - x_prev), K times, with
     x_prev = x0 at the first step, a = ema_alpha (0.5), mu = momentum (0.3).
     Source: authors' loop_qwen3.py, strategy 'heavy_ball'."""
     a, mu = cfg.ema_alpha, cfg.momentum
-    halt, x, prev = Halting(cfg.halt_tau, x0, valid), x0, x0
+    halt, x, prev = Halting(cfg, x0, valid), x0, x0
     for _ in range(cfg.k):
         x_new = halt.step(x, x + a * (g(x) - x) + mu * (x - prev))
         prev, x = x, x_new
@@ -326,7 +361,7 @@ def heavy_ball(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     return halt.result(x)
 
 
-@register("norm_stab", halting=True)
+@register("norm_stab", halting=True, uses=("ema_alpha",))
 def norm_stab(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Norm-stabilised ema: x <- rescale(a g(x) + (1 - a) x, |x0|), K times, a = ema_alpha; every
     iterate keeps each token's entry L2 norm. Source: authors' loop_qwen3.py, strategy 'norm_stab'."""
@@ -360,7 +395,7 @@ def _anderson_coefficients(dF: Tensor, f: Tensor, valid: Tensor | None) -> Tenso
     return torch.where(ok[:, None], gamma, torch.zeros_like(gamma))
 
 
-@register("anderson", halting=True)
+@register("anderson", halting=True, uses=("anderson_m", "anderson_beta"))
 def anderson(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Walker-Ni type-II Anderson acceleration of damped Picard, m = anderson_m (2) differences,
     damping beta = anderson_beta (1.0), K passes. With f_i = g(x_i) - x_i, dF_i = f_{i+1} - f_i,
@@ -376,7 +411,7 @@ def anderson(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     (`valid`, (B, T) bool, or all tokens when None), so a row's result never depends on the batch;
     batch size 1 without padding is identical to the authors' formula."""
     beta, m_max = cfg.anderson_beta, cfg.anderson_m
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     xs: list[Tensor] = []
     fs: list[Tensor] = []  # residuals f_i = g(x_i) - x_i, accumulation dtype
     for _ in range(cfg.k):
@@ -414,7 +449,7 @@ def aitken(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     step clipped to [-|d1|, |d1|]; x <- x - step. With halting, steps count Aitken steps
     (2 passes each). Source: authors' loop_qwen3.py, strategy 'aitken'."""
     _check_aitken(cfg)
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     for _ in range(cfg.k // 2):
         g1 = g(x)
         g2 = g(g1)
@@ -433,16 +468,18 @@ def aitken(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
 
 # ---- per-layer and norm-scheduled recipes ----------------------------------------------------
 
-@register("uniform", halting=True, dense_only=True)
+@register("uniform", halting=True, dense_only=True, block_only=True)
 def uniform(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Uniform (running-mean) interpolation over the window's layers: K sweeps of
     `g.layers[0..W-1]`; after layer j in sweep t, the state handed on is the mean of layer j's
     outputs over sweeps 1..t (running sum / t). K passes (one sweep = one pass); K = 1 is g(x0).
     Halting compares the state after consecutive sweeps. Dense windows only (as the authors).
-    Source: authors' loop_qwen3.py, strategy 'uniform' (in `_looped_forward`)."""
+    Block mode only: the authors' `uniform` always iterates the whole window (a per-layer form
+    would be a different strategy). Source: authors' loop_qwen3.py, strategy 'uniform'
+    (in `_looped_forward`)."""
     layers = list(g.layers)
     sums: list[Tensor | None] = [None] * len(layers)
-    halt, x = Halting(cfg.halt_tau, x0, valid), x0
+    halt, x = Halting(cfg, x0, valid), x0
     for t in range(cfg.k):
         y = x
         for j, layer in enumerate(layers):
@@ -455,27 +492,29 @@ def uniform(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     return halt.result(x)
 
 
-@register("norm_interp")
+@register("norm_interp", uses=("alpha", "beta", "anchor_rescale"))
 def norm_interp(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
-    """The authors' frozen-routing recipe as an integrator over g (K passes):
+    """The authors' frozen-routing recipe as an integrator over g (K passes), step s = alpha/K:
         natural = g(x0);  N_k = |x0| + (|natural| - |x0|) k/K   (per-token L2 norms)
-        h = rescale((1 - 1/K) x0 + natural/K, N_1)
-        for k = 1..K-1:  h = (1 - 1/K) h + g(h)/K;  if k < K-1: h = rescale(h, N_{k+1})
+        h = rescale((1 - s) x0 + s natural, N_1)
+        for k = 1..K-1:  h = (1 - s) h + s g(h);  if k < K-1: h = rescale(h, N_{k+1})
         out = beta natural + (1 - beta) h;  if anchor_rescale: out = rescale(out, |natural|).
+    alpha = 1 (s = 1/K) is loop_qwen3.py's fixed step; the authors' vLLM port exposes the step
+    (`step`, default 1/K) and reports a "T = 2" setting, s = 2/K: alpha = 2 here.
     Damped Euler whose iterates' norms follow the straight line from the entry norm to the natural
     pass's norm. No halting: the norm schedule is pinned to step K, so an early stop would leave h
     at an intermediate target rather than at a converged state.
     Source: authors' loop_qwen3.py, `_layer_anchored_frozen` (strategy 'layer_anchored_frozen';
     there per layer with MoE routing frozen, which the runner's mode/routing options supply)."""
-    K = cfg.k
+    K, step = cfg.k, cfg.alpha / cfg.k
     natural = g(x0)
     n_in, n_nat = token_norm(x0), token_norm(natural)
 
     def target(k):
         return n_in + (n_nat - n_in) * (k / K)
-    h = rescale((1.0 - 1.0 / K) * x0 + natural / K, target(1))
+    h = rescale((1.0 - step) * x0 + step * natural, target(1))
     for k in range(1, K):
-        h = (1.0 - 1.0 / K) * h + g(h) / K
+        h = (1.0 - step) * h + step * g(h)
         if k < K - 1:
             h = rescale(h, target(k + 1))
     out = cfg.beta * natural + (1.0 - cfg.beta) * h
@@ -492,7 +531,7 @@ def _check_poly_blend(cfg):
             f"{list(w)} sums to {sum(w):.9g}.")
 
 
-@register("poly_blend", check=_check_poly_blend)
+@register("poly_blend", check=_check_poly_blend, uses=("schedule",))
 def poly_blend(g: Window, x0: Tensor, cfg, valid=None) -> LoopOutput:
     """Polynomial blend: sum_{k=0..K} w_k g^k(x0), w = schedule (K+1 weights summing to 1), K passes:
     a point of the convex hull of the plain iterates x0, g(x0), ..., g^K(x0). No halting (a weighted

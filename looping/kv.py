@@ -1,16 +1,21 @@
-"""KV stash: what a looped window writes into the model's cache.
+"""KV policies: what a looped window writes into the model's cache during generation.
 
-Owns the two-phase protocol of DESIGN.md ("KV cache during generation"). Every cache layer class
-of transformers 5.x *appends* on each `update`, so calling a window layer K times would write K
-copies. Here:
+Owns the two-phase stash protocol (docs/kv-cache.md) and one small policy object per `kv` choice.
+Every cache layer class of transformers 5.x *appends* on each `update`, so calling a window layer
+K times would write K copies. Here:
 
 1. Every evaluation of a window layer starts from the slot's pre-forward state (the cached past),
    attends to past + its own current tokens, and the slot is put back afterwards: loop
    iterations read the cache but never append.
-2. Exactly one evaluation per layer per forward is *kept* ("stash"):
-   - `first`    the natural pass (evaluation 0, seeded from the pre-loop state x0): no extra cost,
-                the window's cache equals the plain model's.
-   - `last`     one extra evaluation seeded from the post-loop state (the runner runs it).
+2. Exactly one evaluation per window layer per forward is *kept* (the policy decides which):
+   - `first`    the plain model's window K/V: a window pass seeded from the pre-loop state x0.
+                Block mode: that pass is the natural pass (evaluation 0 of the window), free.
+                Layer mode: layer s+1's first evaluation already sees layer s's looped output,
+                so one extra whole-window pass from x0 runs (as the authors' generic code does).
+   - `last`     one extra whole-window pass seeded from the post-loop state (both modes).
+   - `chain`    each layer keeps its own first evaluation (free). Block mode: equal to `first`.
+                Layer mode: the first evaluation of layer j on the already-looped chain; what
+                the authors' frozen-routing MoE recipe and their vLLM port (`kv="natural"`) keep.
    - `none`     nothing is kept; window layers then attend to the current tokens only (their
                 masks are cut to the last q columns).
    - `per_pass` every evaluation p > 0 keeps its K/V in a private slot (p, layer) stored on the
@@ -36,9 +41,11 @@ import contextlib
 import copy
 
 import torch
-from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicIndexedLayer, DynamicLayer,
-                                     DynamicSlidingWindowLayer, LinearAttentionCacheLayerMixin,
-                                     LinearAttentionLayer)
+from transformers.cache_utils import (Cache, DummyLayer, DynamicCache, DynamicIndexedLayer,
+                                      DynamicLayer, DynamicSlidingWindowLayer,
+                                      LinearAttentionCacheLayerMixin, LinearAttentionLayer)
+
+from .errors import LoopConfigError, did_you_mean
 
 PRIVATE_ATTR = "_loopsweep_private_slots"
 
@@ -143,15 +150,39 @@ def slice_mask(mask, q: int):
     return mask[..., -q:]
 
 
-class KVStash:
-    """Per-forward bookkeeping of the window slots under one policy."""
+class KVPolicy:
+    """One `kv` choice: which evaluation of each window layer is kept, and whether an extra
+    whole-window "stash" pass runs after the loop (seeded from `stash` = 'entry' (x0) or 'exit'
+    (the window output)). One instance per handle; it holds the current forward's snapshots."""
 
-    def __init__(self, policy: str):
-        self.policy = policy
+    name = ""
+    stash: str | None = None          # 'entry' | 'exit' | None
+    summary = ""                      # one line for docs and error messages
+
+    def __init__(self, mode: str):
+        self.mode = mode              # the resolved mode ('block' | 'layer')
         self.pre: dict[int, dict] = {}    # slot -> state before this forward touched it
         self.kept: dict[int, dict] = {}   # slot -> state after the kept evaluation
 
-    def reset(self):
+    # ---- validation ------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse model-independent combinations (a LoopConfig being built)."""
+
+    @classmethod
+    def check_window(cls, start: int, end: int, arch) -> None:
+        """Refuse windows this policy cannot handle on this model."""
+
+    # ---- the protocol ----------------------------------------------------------------------
+    def keeps(self, p: int, stash: bool) -> bool:
+        """In a looping forward: is evaluation p of a layer (or its stash-pass evaluation) the one
+        whose K/V is kept?"""
+        return stash
+
+    #: a forward that does not loop (decode=bypass / first_n) keeps its single evaluation
+    keeps_unlooped = True
+
+    def new_forward(self) -> None:
         self.pre.clear()
         self.kept.clear()
 
@@ -164,18 +195,6 @@ class KVStash:
         _check_layer(layer, slot)
         return layer
 
-    def _private(self, cache, slot: int, p: int):
-        slots = cache.__dict__.setdefault(PRIVATE_ATTR, {})
-        if (slot, p) not in slots:
-            layer = cache.layers[slot]
-            if type(layer) is LinearAttentionLayer:   # its reset() zeroes shared tensors in place
-                fresh = LinearAttentionLayer(number_of_states=layer.number_of_states)
-            else:                                     # dynamic layers' reset() rebinds: K/V, indexer -> None
-                fresh = copy.copy(layer)
-                fresh.reset()
-            slots[(slot, p)] = fresh
-        return slots[(slot, p)]
-
     @contextlib.contextmanager
     def evaluation(self, cache, slot: int, p: int, keep: bool, kwargs: dict, q: int):
         """Run one evaluation of the layer owning `slot`; yields the kwargs to call it with."""
@@ -186,27 +205,129 @@ class KVStash:
         if type(layer) is DummyLayer:      # nothing cached for this layer: nothing to stash
             yield kwargs
             return
-        if self.policy == "per_pass" and p > 0:
-            cache.layers[slot] = self._private(cache, slot, p)
-            try:
-                yield kwargs
-            finally:
-                cache.layers[slot] = layer
-            return
         if slot not in self.pre:
             self.pre[slot] = snapshot(layer)
         pre = self.pre[slot]
         restore(layer, pre)
-        if self.policy == "none":
-            kwargs = {**kwargs, "attention_mask": slice_mask(kwargs.get("attention_mask"), q)}
         try:
-            yield kwargs
+            yield self._kwargs(kwargs, q)
         finally:
             if keep:
                 self.kept[slot] = snapshot(layer)
             restore(layer, pre)
 
+    def _kwargs(self, kwargs: dict, q: int) -> dict:
+        return kwargs
+
     def finish(self, cache, slot: int) -> None:
         """End of the forward for `slot`: leave the kept evaluation's K/V (or the past alone)."""
         if cache is not None and slot in self.kept:
             restore(cache.layers[slot], self.kept[slot])
+
+
+class First(KVPolicy):
+    name = "first"
+    summary = "the plain model's window K/V (a window pass from the pre-loop state)"
+
+    def __init__(self, mode: str):
+        super().__init__(mode)
+        # block mode: the natural pass is that pass; layer mode: an extra one from x0
+        self.stash = None if mode == "block" else "entry"
+
+    def keeps(self, p: int, stash: bool) -> bool:
+        return stash or (self.stash is None and p == 0)
+
+
+class Chain(KVPolicy):
+    name = "chain"
+    summary = "each layer's first evaluation (layer mode: on the looped chain)"
+
+    def keeps(self, p: int, stash: bool) -> bool:
+        return p == 0
+
+
+class Last(KVPolicy):
+    name = "last"
+    stash = "exit"
+    summary = "one extra window pass from the post-loop state"
+
+
+class NoKV(KVPolicy):
+    name = "none"
+    summary = "nothing kept (window layers attend to the current tokens only; an ablation)"
+
+    @classmethod
+    def check_window(cls, start: int, end: int, arch) -> None:
+        bad = sorted(set(arch.mask_layers) & set(range(start, end)))
+        if bad:
+            raise LoopConfigError(
+                f"kv='none' leaves the window's cache slots empty, but window {start}:{end} holds "
+                f"layer {bad[0]}, whose cache slot sizes the attention masks and positions; choose "
+                f"a window that starts after layer {max(bad)} or another kv policy "
+                f"({', '.join(k for k in KV_POLICIES if k != 'none')}).")
+
+    keeps_unlooped = False
+
+    def keeps(self, p: int, stash: bool) -> bool:
+        return False
+
+    def _kwargs(self, kwargs: dict, q: int) -> dict:
+        return {**kwargs, "attention_mask": slice_mask(kwargs.get("attention_mask"), q)}
+
+
+class PerPass(KVPolicy):
+    name = "per_pass"
+    summary = "a private slot per evaluation (memory grows with the passes; exact vs recompute)"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.halt_tau is not None:
+            raise LoopConfigError(
+                "kv='per_pass' cannot be combined with halt_tau: rows that halt early would leave "
+                "their per-pass cache slots unwritten.")
+        if cfg.decode != "full":
+            raise LoopConfigError(
+                f"kv='per_pass' needs decode='full' (got decode={cfg.decode!r}): its private "
+                f"per-pass cache slots must receive every token.")
+
+    def keeps(self, p: int, stash: bool) -> bool:
+        return p == 0
+
+    def _private(self, cache, slot: int, p: int):
+        slots = cache.__dict__.setdefault(PRIVATE_ATTR, {})
+        if (slot, p) not in slots:
+            layer = cache.layers[slot]
+            if type(layer) is LinearAttentionLayer:   # its reset() zeroes shared tensors in place
+                fresh = LinearAttentionLayer(number_of_states=layer.number_of_states)
+            else:                                     # dynamic layers' reset() rebinds: K/V -> None
+                fresh = copy.copy(layer)
+                fresh.reset()
+            slots[(slot, p)] = fresh
+        return slots[(slot, p)]
+
+    @contextlib.contextmanager
+    def evaluation(self, cache, slot: int, p: int, keep: bool, kwargs: dict, q: int):
+        if cache is None or p == 0:
+            with super().evaluation(cache, slot, p, keep, kwargs, q) as kw:
+                yield kw
+            return
+        layer = self._slot(cache, slot)
+        if type(layer) is DummyLayer:
+            yield kwargs
+            return
+        cache.layers[slot] = self._private(cache, slot, p)
+        try:
+            yield kwargs
+        finally:
+            cache.layers[slot] = layer
+
+
+KV_POLICIES: dict[str, type[KVPolicy]] = {c.name: c for c in (First, Last, NoKV, PerPass, Chain)}
+
+
+def kv_policy(name: str) -> type[KVPolicy]:
+    """The policy class called `name`; a LoopConfigError names the valid ones."""
+    if name not in KV_POLICIES:
+        raise LoopConfigError(f"unknown kv {name!r}; valid choices: {', '.join(KV_POLICIES)}."
+                              + did_you_mean(name, KV_POLICIES))
+    return KV_POLICIES[name]

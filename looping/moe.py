@@ -5,9 +5,12 @@ Owns: the router modules of the window layers (found generically from the model'
 
 - `freeze`: the natural pass (evaluation 0 of a layer in a forward) runs the router as the stock
   block does and its whole output (logits, weights and expert indices, whatever the family's router
-  returns) is kept; every later evaluation of that layer in the same forward (loop iterations and
-  the kv='last' stash pass) gets that output back without running the router. The router runs
-  exactly once per layer per forward; shared experts and their gates run as in the stock block.
+  returns) is kept; every later loop evaluation of that layer in the same forward gets that output
+  back without running the router, the kv='last' stash pass included, so the router runs exactly
+  once per layer per forward. The one exception is kv='first' in layer mode: its extra window
+  pass reproduces the plain model from the pre-loop state and routes afresh, as the plain model
+  would (so the window's cache is the plain model's). Shared experts and their gates run as in the
+  stock block.
 - `recompute`: every evaluation routes afresh.
 - Diagnostic (both): for each later evaluation, the fraction of real (unpadded) window tokens whose
   top-k expert *set* differs from the natural pass's (under freeze it is 0 by construction).
@@ -21,14 +24,19 @@ the later evaluations return the natural pass's output object itself. If a route
 is never called (a hub kernel that bypasses `router`, e.g. gpt_oss with `use_kernels=True`), freeze
 cannot apply and `check_fired` raises instead of silently recomputing.
 
-The runner sets the evaluation index explicitly (`current`); nothing here counts calls to decide
-what to do (the counters are diagnostics only).
+One policy object per handle (`routing_policy(name)`: `Freeze`, `Recompute`, or `NoRouting` for
+dense windows, recorded as 'n/a'). The runner enters `policy.evaluation(j, p, stash)` around each
+evaluation of window layer j, so the evaluation index is explicit; nothing here counts calls to
+decide what to do (the counters are diagnostics only).
 """
 from __future__ import annotations
 
 import torch
 
+import contextlib
+
 from .arch import find_routers
+from .errors import LoopConfigError, did_you_mean
 
 
 def _topk_sets(router, out) -> torch.Tensor | None:
@@ -45,12 +53,21 @@ def _topk_sets(router, out) -> torch.Tensor | None:
     return logits.topk(int(k), dim=-1).indices.sort(dim=-1).values
 
 
-class RoutingControl:
-    def __init__(self, window_layers, router_cls, policy: str):
-        self.policy = policy  # 'freeze' | 'recompute' | 'n/a'
+ROUTINGS = ("auto", "freeze", "recompute")   # what a LoopConfig may ask for ('auto' resolves)
+
+
+class Routing:
+    """Routing of the window's MoE layers while looping. Subclasses decide whether a later
+    evaluation reuses the natural pass's router output (`replays`)."""
+
+    policy = ""
+    replays_natural = False
+
+    def __init__(self, window_layers, router_cls):
         self.routers = [[r for _, _, r in find_routers(layer, router_cls)] for layer in window_layers]
-        self.current: dict[int, int] = {}     # window layer j -> evaluation index p (set by the runner)
-        self.stash = False                    # the current evaluation is the kv='last' stash pass
+        self.current: dict[int, int] = {}     # window layer j -> evaluation index p of the running call
+        self.stash = False                    # the running evaluation belongs to a kv stash pass
+        self.plain = False                    # ... that reproduces the plain model (routes afresh)
         self.valid: torch.Tensor | None = None  # (B, q) real tokens of this forward
         self.captured: dict[int, object] = {}
         self.natural_sets: dict[int, torch.Tensor] = {}
@@ -92,13 +109,23 @@ class RoutingControl:
         self.fired.clear()
         self.valid = valid
 
+    @contextlib.contextmanager
+    def evaluation(self, j: int, p: int, stash: bool, plain: bool = False):
+        """Evaluation p of window layer j runs inside. stash: a kv stash pass (not compared);
+        plain: a pass that reproduces the plain model (kv='first' in layer mode), routed afresh."""
+        self.current[j], self.stash, self.plain = p, stash, plain
+        try:
+            yield
+        finally:
+            self.stash = self.plain = False
+
     def reset_stats(self):
         self.router_calls = self.replays = self.changed = self.compared = 0
         self.by_eval.clear()
 
     def check_fired(self, js) -> None:
         """Raise if freeze is on and a window layer in `js` holds routers that were never called."""
-        if self.policy != "freeze":
+        if not self.replays_natural:
             return
         missing = [j for j in js if self.routers[j] and j not in self.fired]
         if missing:
@@ -111,7 +138,7 @@ class RoutingControl:
         p = self.current.get(j, 0)
         key = id(router)
         self.fired.add(j)
-        if self.policy == "freeze" and p > 0 and key in self.captured:
+        if self.replays_natural and p > 0 and not self.plain and key in self.captured:
             out = self.captured[key]
             self.replays += 1
         else:
@@ -160,3 +187,44 @@ class RoutingControl:
                 "changed": self.changed, "compared": self.compared, "change_rate": self.change_rate,
                 "by_eval": {p: {"changed": c, "compared": n, "rate": c / n if n else None}
                             for p, (c, n) in sorted(self.by_eval.items())}}
+
+
+class Freeze(Routing):
+    """Every later evaluation of a layer in a forward reuses its natural pass's router output."""
+    policy = "freeze"
+    replays_natural = True
+
+
+class Recompute(Routing):
+    """Every evaluation routes afresh."""
+    policy = "recompute"
+
+
+class NoRouting(Routing):
+    """A window without MoE layers: nothing to route (recorded as 'n/a')."""
+    policy = "n/a"
+
+
+ROUTING_POLICIES: dict[str, type[Routing]] = {c.policy: c for c in (Freeze, Recompute, NoRouting)}
+
+
+def resolve_routing(asked: str, mode: str, is_moe: bool, strict: bool = True) -> str:
+    """The routing a window runs: 'n/a' on a dense model (asking for freeze / recompute there is
+    an error when `strict`, else normalised away so grids can cross dense and MoE models);
+    'auto' = freeze in layer mode, recompute in block mode."""
+    if asked not in ROUTINGS:
+        raise LoopConfigError(f"unknown routing {asked!r}; valid choices: {', '.join(ROUTINGS)}."
+                              + did_you_mean(asked, ROUTINGS))
+    if not is_moe:
+        if strict and asked != "auto":
+            raise LoopConfigError(
+                f"routing={asked!r} applies to MoE models only, and this model has no MoE layer "
+                f"(its routing is recorded as 'n/a'); leave routing='auto'.")
+        return "n/a"
+    if asked == "auto":
+        return "freeze" if mode == "layer" else "recompute"
+    return asked
+
+
+def routing_policy(name: str, window_layers, router_cls) -> Routing:
+    return ROUTING_POLICIES[name](window_layers, router_cls)

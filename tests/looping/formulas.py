@@ -48,7 +48,7 @@ def ref_anchored(fns, x0, c):
 def rk_solve(fns, x0, c, tableau):
     """Explicit RK with Butcher tableau (a, b, cs) on F = g - id, K steps of 1/K."""
     a, b = tableau
-    F, x, h = (lambda z: compose(fns)(z) - z), x0, 1.0 / c.k
+    F, x, h = (lambda z: compose(fns)(z) - z), x0, c.alpha / c.k
     for _ in range(c.k):
         ks = []
         for i in range(len(b)):
@@ -164,9 +164,10 @@ def ref_norm_interp(fns, x0, c):
     g, K = compose(fns), c.k
     nat = g(x0)
     N = [tok_norm(x0) + (tok_norm(nat) - tok_norm(x0)) * k / K for k in range(K + 1)]
-    h = to_norm(x0 + (nat - x0) / K, N[1])
+    step = c.alpha / K               # the damped-Euler step (1/K in loop_qwen3.py; vLLM `step`)
+    h = to_norm(x0 + (nat - x0) * step, N[1])
     for k in range(1, K):
-        h = h + (g(h) - h) / K
+        h = h + (g(h) - h) * step
         if k < K - 1:
             h = to_norm(h, N[k + 1])
     out = c.beta * nat + (1 - c.beta) * h
@@ -190,15 +191,19 @@ def cfgs_for(name, k):
     if name == "poly_blend":
         extra["schedule"] = (0.2, 0.5, 0.3) if k == 2 else (0.1, 0.4, 0.3, 0.2)
     if name == "norm_interp":
-        return [dict(k=k, **extra), dict(k=k, beta=0.3, anchor_rescale=True)]
+        return [dict(k=k, **extra), dict(k=k, beta=0.3, anchor_rescale=True), dict(k=k, alpha=2.0)]
     if name == "anchored":
         return [dict(k=k), dict(k=k, beta=0.2, alpha=0.8, anchor_rescale=True)]
     if name == "euler":
         return [dict(k=k), dict(k=k, alpha=0.7)]
     if name == "anderson":
         return [dict(k=k), dict(k=k, anderson_m=1, anderson_beta=0.7)]
-    if name in ("ema", "input_anchor", "heavy_ball", "norm_stab"):
+    if name == "heavy_ball":
         return [dict(k=k), dict(k=k, ema_alpha=0.3, momentum=0.6)]
+    if name in ("ema", "input_anchor", "norm_stab"):
+        return [dict(k=k), dict(k=k, ema_alpha=0.3)]
+    if name in ("heun", "midpoint", "rk4"):
+        return [dict(k=k), dict(k=k, alpha=1.5)]
     return [dict(k=k, **extra)]
 
 

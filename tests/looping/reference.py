@@ -1,4 +1,4 @@
-"""Slow explicit reference of the two-phase KV stash (DESIGN.md, "KV cache during generation").
+"""Slow explicit reference of the two-phase KV stash (docs/kv-cache.md, "The protocol").
 
 Test-only. It shares nothing with looping/kv.py or looping/runner.py and uses no HF cache object:
 it calls the model's own embedding, rotary embedding, decoder layers, final norm and head by hand,
@@ -21,12 +21,14 @@ The protocol, per forward (prefill or decode step):
   window layer j attends to the kept past of j (kv first/last), to nothing but the current tokens
   (kv none), or to the past of its own per-evaluation slot (kv per_pass, p = 0 being the ordinary
   slot); evaluations write nothing. Afterwards the kept inputs are:
-    first     the natural pass's (evaluation 0, seeded from x0);
-    last      one extra pass from the post-loop state (block: the whole window once from the
-              window output; layer: one extra evaluation of each layer on its own looped output),
-              attending to the kept past like the loop evaluations;
+    first     those of one plain pass of the whole window seeded from x0 (the plain model's
+              window inputs; block mode: the natural pass itself), run after the loop;
+    chain     each layer's first evaluation (layer mode: on the looped chain);
+    last      those of one extra pass of the whole window from the window's output;
     none      nothing;
     per_pass  every evaluation's own, in its own slot.
+  The extra passes attend to the kept past like the loop evaluations; under routing 'freeze' the
+  'last' pass reuses the natural pass's routing, the 'first' pass (the plain model) routes afresh.
 - window, when this forward does not loop: one evaluation per layer, kept (except kv none).
 - MoE routing 'freeze': later evaluations of a layer in one forward reuse the router output of the
   natural pass (a forward hook on the router modules replaces their output).
@@ -167,7 +169,7 @@ class StashReference:
 
         def router_hook(j):
             def hook(mod, args, out):
-                if self.routing != "freeze":
+                if self.routing != "freeze" or current[j] is None:   # None: the plain extra pass
                     return None
                 if current[j] == 0:
                     captured[id(mod)] = out
@@ -198,7 +200,16 @@ class StashReference:
                     x = f(x)
                 return x
 
+        def extra_pass(x, plain):
+            """One pass of the whole window from x; its inputs are kept. MoE routing: frozen
+            layers reuse the natural pass's routing, except in the plain pass (kv first)."""
+            for j in range(self.start, self.end):
+                kept[(j, 0)] = x
+                current[j] = None if plain else 1
+                x = self._run_layer(j, x, self.store.get((j, 0)))
+
         try:
+            x_entry = h
             units = [list(range(self.start, self.end))] if self.mode == "block" else \
                 [[j] for j in range(self.start, self.end)]
             for js in units:
@@ -210,19 +221,18 @@ class StashReference:
                     out = g(x0)
                 if kv == "none":
                     pass
-                elif not loop or kv == "first":
+                elif not loop or kv == "chain" or (kv == "first" and self.mode == "block"):
                     for j in js:
                         kept[(j, 0)] = inputs[j][0]
-                elif kv == "last":
-                    y = out
-                    for j in js:
-                        kept[(j, 0)] = y
-                        y = evaluate(j, y)
                 elif kv == "per_pass":
                     for j in js:
                         for p, x in enumerate(inputs[j]):
                             kept[(j, p)] = x
                 h = out
+            if loop and kv == "last":
+                extra_pass(h, plain=False)
+            elif loop and kv == "first" and self.mode == "layer":
+                extra_pass(x_entry, plain=True)
         finally:
             for hk in hooks:
                 hk.remove()

@@ -339,7 +339,7 @@ def test_change_rate_equals_a_hand_count_under_recompute_and_is_zero_under_freez
 
 def test_change_rate_is_none_on_a_dense_model():
     model = model_of("llama")
-    with looped(model, LoopConfig(window="1:4", k=3, integrator="euler", routing="freeze")) as h:
+    with looped(model, LoopConfig(window="1:4", k=3, integrator="euler")) as h:
         logits_of(model, *batch())
     assert h.routing_change_rate is None and h.resolved.routing == "n/a"
 
@@ -426,13 +426,18 @@ def test_uniform_is_allowed_on_a_dense_window_of_an_moe_model():
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text"])
 def test_dense_models_resolve_to_block_and_routing_na(family):
+    """Asked for directly, MoE routing on a dense model is an error; a sweep (strict=False) records
+    it as 'n/a', so grids can cross dense and MoE models."""
     model = model_of(family)
     for routing in ("auto", "freeze", "recompute"):
-        h = looped(model, LoopConfig(window="1:4", k=2, routing=routing))
-        rec = h.resolved.record()
+        rec = LoopConfig(window="1:4", k=2, routing=routing).resolve(model, strict=False).record()
         assert (rec["mode_resolved"], rec["routing_resolved"], rec["routing"]) == ("block", "n/a", routing)
-    h = looped(model, LoopConfig(window="1:4", k=2, mode="layer", routing="freeze"))
-    assert h.resolved.record()["routing_resolved"] == "n/a"
+        if routing != "auto":
+            with pytest.raises(LoopConfigError, match=rf"routing='{routing}' applies to MoE models only"):
+                looped(model, LoopConfig(window="1:4", k=2, routing=routing))
+    assert looped(model, LoopConfig(window="1:4", k=2)).resolved.record()["routing_resolved"] == "n/a"
+    rec = LoopConfig(window="1:4", k=2, mode="layer", routing="freeze").resolve(model, strict=False).record()
+    assert rec["routing_resolved"] == "n/a"
 
 
 @pytest.mark.parametrize("family", MOE)
