@@ -9,13 +9,8 @@ Imports torch and transformers only (the harness floor sits above it).
 from .config import RECIPES, LoopConfig, ResolvedLoop, WindowSpec, recipe
 from .errors import LoopConfigError, did_you_mean
 from .integrators import INTEGRATORS, get_integrator
+from .runner import LoopHandle, looped
 
 __all__ = ["LoopConfig", "LoopConfigError", "did_you_mean", "ResolvedLoop", "WindowSpec", "RECIPES", "recipe",
            "INTEGRATORS", "get_integrator", "looped", "LoopHandle"]
 
-
-def __getattr__(name):  # the runner is imported lazily so config-only users stay light
-    if name in ("looped", "LoopHandle"):
-        from . import runner
-        return getattr(runner, name)
-    raise AttributeError(name)

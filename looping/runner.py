@@ -82,23 +82,33 @@ class _Forward:
     natural: torch.Tensor | None = None   # a provided g(x0) for the first evaluation (block mode)
 
 
-class _Wrapper(nn.Module):
-    """Window position j's stand-in: records what the position receives. Attribute reads it cannot
-    answer go to the layer it replaces (decoders that read e.g. `layer.attention_type` /
+class StandIn(nn.Module):
+    """A module put in place of a decoder layer in the model's `layers` list. Attribute reads it
+    cannot answer go to the layer it replaces (decoders that read e.g. `layer.attention_type` /
     `layer.block_type` to pick a mask)."""
+
+    def replaced(self) -> nn.Module:
+        raise NotImplementedError   # abstract: each stand-in knows the layer it replaces
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or name == "replaced":
+                raise
+            return getattr(self.replaced(), name)
+
+
+class _Wrapper(StandIn):
+    """Window position j's stand-in: records what the position receives."""
 
     def __init__(self, handle: "LoopHandle", j: int):
         super().__init__()
         self._handle = handle  # a plain attribute, not a submodule: the layers live in _WindowRunner
         self.j = j
 
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("__") or "_handle" not in self.__dict__:
-                raise
-            return getattr(self._handle.window[self.j], name)
+    def replaced(self) -> nn.Module:
+        return self._handle.window[self.j]
 
 
 class _Defer(_Wrapper):

@@ -213,6 +213,32 @@ def test_kv_first_prefill_cache_equals_plain_in_prefix_and_window(family, mode):
             assert d > 1e-4, f"{family} suffix slot {i} should differ from the plain model (max |diff| {d:.3g})"
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("mode", ["block", "layer"])
+def test_kv_first_window_cache_equals_plain_after_decode_steps(family, mode):
+    """After a prefill and 5 teacher-forced decode steps, the kv='first' window slots equal the
+    plain model's on the same tokens, tensor for tensor: every token's window K/V is the plain
+    pass from its pre-loop state (prefix layers never see looped states). kv='chain' in layer
+    mode keeps the looped chain's instead (it differs)."""
+    model = tiny(family)
+    ids, mask = prompts()
+    new = torch.randint(3, 128, (ids.shape[0], 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        _, plain = direct_decode(model, ids, mask, new)
+        with looped(model, cfg(k=3, integrator="euler", kv="first", mode=mode)):
+            _, cache = direct_decode(model, ids, mask, new)
+        with looped(model, cfg(k=3, integrator="euler", kv="chain", mode=mode)):
+            _, chain = direct_decode(model, ids, mask, new)
+    for i in range(S, E):
+        for got, want in zip(slot_tensors(cache)[i], slot_tensors(plain)[i]):
+            assert torch.equal(got, want), f"{family} {mode}: window slot {i} differs from the plain model"
+    d = max((a - b).abs().max().item() for a, b in zip(slot_tensors(chain)[E - 1], slot_tensors(plain)[E - 1]))
+    if mode == "layer":
+        assert d > 1e-4, f"{family}: kv=chain should keep the looped chain's K/V in layer {E - 1}"
+    else:
+        assert d == 0.0, f"{family}: kv=chain equals kv=first in block mode"
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text", "deepseek_v3", "gpt_oss"])
 @pytest.mark.parametrize("mode", ["block", "layer"])
 def test_kv_last_window_slots_are_one_plain_pass_on_the_post_loop_state(family, mode):
@@ -256,8 +282,9 @@ def test_kv_last_window_slots_are_one_plain_pass_on_the_post_loop_state(family, 
 
 # ---- against the explicit reference --------------------------------------------------------
 
-def check_against_reference(family, c, n=4, rows_alone=True):
-    """generate under `c` vs the stash reference (teacher-forced), and each row vs its prompt alone."""
+def check_against_reference(family, c, n=6, rows_alone=True):
+    """generate under `c` vs the stash reference (teacher-forced: the prefill and n - 1 = 5 cached
+    decode steps), and each row vs its prompt alone."""
     model = tiny(family)
     ids, mask = prompts()
     with looped(model, c) as h:

@@ -337,3 +337,128 @@ def test_good_configs_pass():
     LoopConfig(integrator="ema_sched", k=2, schedule="0.5 0.3")
     LoopConfig(integrator="poly_blend", k=2, schedule=(0.1, 0.2, 0.7))
     LoopConfig(integrator="poly_blend", k=2, schedule=(0.1, 0.2, 0.7 + 5e-7))
+
+
+# ---- halt_scope='batch': the authors' rule ------------------------------------------------------
+
+def authors_batch_rule_ema(fns, x0, valid, a, k, tau):
+    """loop_qwen3.py's `ema` with `_halted`, written out: one ratio ||x_new - x|| / ||x|| over the
+    whole batch (here over the real tokens only), every row stops at the same step."""
+    g = compose(fns)
+    keep = valid[..., None].to(x0.dtype)
+    x = x0
+    for step in range(1, k + 1):
+        x_new = a * g(x) + (1 - a) * x
+        ratio = ((x_new - x) * keep).norm() / (x * keep).norm().clamp_min(1e-6)
+        if ratio < tau:
+            return x_new, step
+        x = x_new
+    return x, k
+
+
+def test_halt_scope_batch_equals_the_authors_batch_rule():
+    c, p, x0 = contraction_case()
+    fns = [lambda x: contraction(c, p)(x) + 0.05 * torch.tanh(x)]
+    valid = torch.ones(3, T, dtype=torch.bool)
+    valid[1, :2] = False
+    xb = x0.clone()
+    xb[1, :2] = 1e3 * rand(2, C, seed=11)        # padding: excluded from the batch ratio
+    steps_seen = set()
+    for tau in (1e-1, 3e-2, 1e-2, 1e-3):
+        res, _, _ = run("ema", fns, xb, valid=valid, k=12, halt_tau=tau, halt_scope="batch")
+        want, steps = authors_batch_rule_ema(fns, xb, valid, 0.5, 12, tau)
+        assert res.steps.tolist() == [steps] * 3, (tau, res.steps, steps)
+        d = (res.out - want)[valid].abs().max().item()
+        assert d <= 1e-12, f"tau={tau}: batch scope vs the authors' rule, max |diff| {d:.3g}"
+        steps_seen.add(steps)
+        row, _, _ = run("ema", fns, xb, valid=valid, k=12, halt_tau=tau)     # per-row differs
+        if len(set(row.steps.tolist())) > 1:
+            assert (row.out - res.out)[valid].abs().max() > 1e-9
+    assert len(steps_seen) > 1
+
+
+def test_halt_scope_without_halting_is_refused_or_normalised():
+    with pytest.raises(LoopConfigError, match=r"halt_scope='batch' has no effect without halt_tau"):
+        LoopConfig(integrator="euler", k=3, halt_scope="batch")
+    cfg = LoopConfig.from_dict({"integrator": "euler", "k": 3, "halt_scope": "batch"}, strict=False)
+    assert cfg == LoopConfig(integrator="euler", k=3) and cfg.normalised == (("halt_scope", "batch"),)
+
+
+# ---- no accepted option is silently ignored ------------------------------------------------------
+
+OPTION_VALUES = {  # a valid non-default value of every strategy option (for every integrator)
+    "alpha": 1.5, "beta": 0.2, "ema_alpha": 0.3, "momentum": 0.6, "anderson_m": 1,
+    "anderson_beta": 0.7, "anchor_rescale": True,
+}
+
+
+def base_kwargs(name, k):
+    out = dict(k=k, integrator=name)
+    if name == "ema_sched":
+        out["schedule"] = (0.5,) * k
+    if name == "poly_blend":
+        out["schedule"] = tuple([1.0 / (k + 1)] * (k + 1))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(INTEGRATORS))
+@pytest.mark.parametrize("option", sorted(OPTION_VALUES) + ["schedule"])
+def test_every_option_is_read_or_refused(name, option):
+    """For each integrator x option: either the option changes the output, or a non-default value
+    is refused (naming the integrators that read it) and normalised away for sweeps."""
+    k = 4
+    base = base_kwargs(name, k)
+    if option == "schedule":
+        value = (0.3,) * k if name != "poly_blend" else (0.1, 0.2, 0.3, 0.2, 0.2)
+    else:
+        value = OPTION_VALUES[option]
+    spec = INTEGRATORS[name]
+    fns, x0 = tanh_layers(seed=3), rand(B, T, C, seed=4)
+    if option in spec.uses:
+        a, _, _ = run(name, fns, x0, **{k_: v for k_, v in base.items() if k_ != "integrator"})
+        changed = {**base, option: value}
+        b, _, _ = run(name, fns, x0, **{k_: v for k_, v in changed.items() if k_ != "integrator"})
+        assert (a.out - b.out).abs().max() > 1e-9, f"{name}: {option}={value!r} changed nothing"
+    else:
+        with pytest.raises(LoopConfigError, match=rf"{option}=.* has no effect with integrator "
+                                                  rf"'{name}'; {option} is read by: "):
+            LoopConfig(**base, **{option: value})
+        cfg = LoopConfig.from_dict({**base, option: value}, strict=False)
+        assert cfg == LoopConfig(**base) and [n for n, _ in cfg.normalised] == [option]
+
+
+def test_decode_n_and_mode_rules():
+    with pytest.raises(LoopConfigError, match=r"decode_n=8 has no effect with decode='full'"):
+        LoopConfig(decode_n=8)
+    assert LoopConfig(decode="first_n", decode_n=8).decode_n == 8
+    assert LoopConfig.from_dict({"decode_n": 8}, strict=False) == LoopConfig()
+    with pytest.raises(LoopConfigError, match=r"'uniform' iterates the whole window"):
+        LoopConfig(integrator="uniform", k=2, mode="layer")
+    assert LoopConfig.from_dict({"integrator": "uniform", "k": 2, "mode": "layer"},
+                                strict=False).mode == "block"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(k=1025), r"k=1025 must be <= 1024"),
+    (dict(integrator="heavy_ball", momentum=1.0), r"momentum=1.0 must lie in \[0, 1\)"),
+    (dict(integrator="heavy_ball", momentum=-0.1), r"momentum=-0.1 must lie in \[0, 1\)"),
+    (dict(integrator="anderson", anderson_beta=0.0), r"anderson_beta=0.0 must lie in \(0, 2\]"),
+    (dict(integrator="anderson", anderson_m=17), r"anderson_m=17 must be <= 16"),
+    (dict(integrator="euler", halt_tau=2.0), r"halt_tau=2.0 must be <= 1"),
+    (dict(integrator="ema", ema_alpha=1.5), r"ema_alpha=1.5 must lie in \(0, 1\]"),
+    (dict(integrator="euler", halt_tau=0.1, halt_scope="batches"), r"unknown halt_scope 'batches'"),
+])
+def test_numeric_ranges(kwargs, match):
+    with pytest.raises(LoopConfigError, match=match):
+        LoopConfig(**kwargs)
+
+
+def test_norm_stab_stays_finite_on_huge_states():
+    """Token norms of ~1e30 overflow a plain fp32 sum of squares; norm_stab (and every rescale)
+    stays finite wherever its inputs are."""
+    fns = [lambda x: x + 0.5 * torch.tanh(x)]
+    x0 = rand(B, T, C, seed=5).float() * 1e29
+    res, _, _ = run("norm_stab", fns, x0, k=3)
+    assert torch.isfinite(res.out).all()
+    ratio = res.out.double().norm(dim=-1) / x0.double().norm(dim=-1)
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)   # the entry norm is kept

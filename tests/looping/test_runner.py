@@ -162,3 +162,123 @@ def test_non_context_form(tiny):
         h.remove()
     assert (changed - ref).abs().max() > 1e-3
     assert torch.equal(plain_logits(model, ids, mask), ref)
+
+
+# ---- handles that overlap, threads, bad arguments --------------------------------------------------
+
+def test_overlapping_handles_are_refused_in_any_order_and_form(tiny):
+    """An overlap with an applied handle is refused, naming both windows; removal in any order
+    restores the exact original layers (this sequence used to leave a wrapper in layer 3)."""
+    model = tiny("qwen3")
+    ids, mask = batch()
+    before = plain_logits(model, ids, mask)
+    layers = list(describe(model).layers)
+    h1 = looped(model, window="2:4", k=2, integrator="naive").apply()
+    with pytest.raises(RuntimeError, match=r"window 3:5.*window 2:4 of this model is already looped"):
+        looped(model, window="3:5", k=2, integrator="naive").apply()
+    with pytest.raises(RuntimeError, match=r"window 2:4.*window 2:4 of this model is already looped"):
+        with looped(model, window="2:4", k=3, integrator="naive"):
+            pass
+    h1.remove()
+    # made while nothing was applied, applied in the other order
+    a = looped(model, window="3:5", k=2, integrator="naive")
+    b = looped(model, window="2:4", k=2, integrator="naive")
+    a.apply()
+    with pytest.raises(RuntimeError, match=r"window 2:4.*window 3:5 of this model is already looped"):
+        b.apply()
+    # disjoint windows may stack; removal in either order restores the model
+    c = looped(model, window="0:2", k=2, integrator="euler").apply()
+    both = plain_logits(model, ids, mask)
+    a.remove()
+    c.remove()
+    assert list(describe(model).layers) == layers
+    assert torch.equal(plain_logits(model, ids, mask), before)
+    assert (both - before).abs().max() > 1e-4
+
+
+def test_a_second_thread_in_a_looped_forward_gets_a_clear_error(tiny):
+    """One looped model cannot serve concurrent forwards (per-forward state lives on the handle):
+    a thread entering while another is inside is refused; no forward returns wrong logits."""
+    import threading
+
+    model = tiny("llama")
+    ids, mask = batch()
+    inside, release = threading.Event(), threading.Event()
+    window = describe(model).layers[2]
+
+    def hold(mod, args, kwargs):           # the first thread waits inside its looped forward
+        if threading.current_thread() is worker:
+            inside.set()
+            release.wait(10)
+    with looped(model, window="2:4", k=3, integrator="euler") as h:
+        ref = plain_logits(model, ids, mask)
+        hook = window.register_forward_pre_hook(hold, with_kwargs=True)
+        out = {}
+        worker = threading.Thread(target=lambda: out.setdefault("a", plain_logits(model, ids, mask)))
+        worker.start()
+        assert inside.wait(10)
+        with pytest.raises(RuntimeError, match=r"already running in another thread"):
+            plain_logits(model, ids, mask)
+        release.set()
+        worker.join(10)
+        hook.remove()
+        assert torch.equal(out["a"], ref)                     # the first thread's answer is right
+        assert torch.equal(plain_logits(model, ids, mask), ref)   # and the handle is usable again
+    assert h._owner is None
+
+
+def test_wrong_argument_types_raise_type_error(tiny):
+    model = tiny("llama")
+    with pytest.raises(TypeError, match=r"cfg must be a LoopConfig.*not int"):
+        looped(model, 3)
+    with pytest.raises(TypeError, match=r"takes a torch model.*not NoneType"):
+        looped(None, LoopConfig(window="2:4"))
+
+
+# ---- equivalent settings: one identity, the same numbers -------------------------------------------
+
+def test_equivalent_settings_share_identity_and_numbers(tiny):
+    model = tiny("qwen3")          # 6 layers: c0.4w2 is layers 2:4
+    ids, mask = batch()
+    pairs = [
+        (dict(window="c0.4w2", k=3, integrator="naive"), dict(window="2:4", k=3, integrator="naive")),
+        (dict(window="2:4", k=3, integrator="naive", beta=0.7), dict(window="2:4", k=3, integrator="naive")),
+        (dict(window="2:4", k=3, integrator="euler", decode_n=5), dict(window="2:4", k=3, integrator="euler")),
+        (dict(window="2:4", k=3, integrator="euler", routing="freeze"), dict(window="2:4", k=3, integrator="euler")),
+        (dict(window="2:3", k=3, integrator="euler", mode="layer"), dict(window="2:3", k=3, integrator="euler")),
+    ]
+    for a, b in pairs:
+        ra = LoopConfig.from_dict(a, strict=False).resolve(model, strict=False)
+        rb = LoopConfig.from_dict(b, strict=False).resolve(model, strict=False)
+        assert ra.identity() == rb.identity(), (a, b)
+        with looped(model, ra.config) if "routing" not in a else looped(model, rb.config):
+            la = plain_logits(model, ids, mask)
+        with looped(model, rb.config):
+            lb = plain_logits(model, ids, mask)
+        assert torch.equal(la, lb), (a, b)
+    different = LoopConfig(window="2:4", k=3, integrator="euler", alpha=0.5).resolve(model)
+    assert different.identity() != LoopConfig(window="2:4", k=3, integrator="euler").resolve(model).identity()
+
+
+def test_provided_natural_pass_gives_the_same_output(tiny):
+    """`natural_output(g(x0))` (shared scoring) equals running the first evaluation."""
+    model = tiny("qwen3")
+    ids, mask = batch()
+    seen = layer_inputs(model, ids, mask)
+    layers = describe(model).layers
+    x = seen[2][0]
+    for i in (2, 3):
+        x = layers[i](x, **seen[i][1])
+    for integrator in ("naive", "euler", "anchored", "rk4"):
+        cfg = LoopConfig(window="2:4", k=3, integrator=integrator)
+        with looped(model, cfg) as h:
+            want = plain_logits(model, ids, mask)
+            calls = h.stats.layer_calls
+            with h.natural_output(x):
+                got = plain_logits(model, ids, mask)
+            assert h.stats.layer_calls - calls == calls - 2, integrator   # one pass (2 layers) fewer
+        assert (got - want).abs().max().item() <= 1e-6, integrator
+    with looped(model, LoopConfig(window="2:4", k=3, mode="layer")) as h:
+        with pytest.raises(ValueError, match="only block mode"):
+            with h.natural_output(x):
+                pass
