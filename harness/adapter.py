@@ -165,12 +165,14 @@ class LoopedLM(HFLM):
     def __init__(self, pretrained: str | transformers.PreTrainedModel, *,
                  window: Any = None, k: Any = None, integrator: Any = None, mode: Any = None,
                  kv: Any = None, decode: Any = None, decode_n: Any = None, routing: Any = None,
-                 alpha: Any = None, beta: Any = None, halt_tau: Any = None, ema_alpha: Any = None,
+                 alpha: Any = None, beta: Any = None, halt_tau: Any = None, halt_scope: Any = None,
+                 ema_alpha: Any = None,
                  momentum: Any = None, anderson_m: Any = None, anderson_beta: Any = None,
                  schedule: Any = None, anchor_rescale: Any = None, recipe: Any = None,
                  loop: LoopConfig | Mapping | str | None = None, **hf_kwargs):
         options = dict(window=window, k=k, integrator=integrator, mode=mode, kv=kv, decode=decode,
                        decode_n=decode_n, routing=routing, alpha=alpha, beta=beta, halt_tau=halt_tau,
+                       halt_scope=halt_scope,
                        ema_alpha=ema_alpha, momentum=momentum, anderson_m=anderson_m,
                        anderson_beta=anderson_beta, schedule=schedule, anchor_rescale=anchor_rescale,
                        recipe=recipe)

@@ -309,7 +309,7 @@ def spec_from_config(cfg, *, loop_name: str = "", store: str | os.PathLike | Non
         revision=None if local else m.get("revision"), weights_hash=wh,
         dtype=m.get("dtype", "bfloat16"), attn_implementation=m.get("attn_implementation"),
         trust_remote_code=bool(m.get("trust_remote_code", False)),
-        loop=None if loop is None else LoopConfig.from_dict(loop),
+        loop=None if loop is None else LoopConfig.from_dict(loop, strict=False),
         task=",".join(tasks), task_version=task_version(tasks, t.get("include_path")),
         num_fewshot=t.get("num_fewshot"), fewshot_seed=int(ev.get("fewshot_seed", 1234)),
         limit=t.get("limit"), apply_chat_template=t.get("apply_chat_template", False),

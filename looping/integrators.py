@@ -1,6 +1,6 @@
 """Integrators: pure tensor maps that re-discretise the window's one residual step.
 
-Owns: every looping strategy of DESIGN.md, one registry by name, early halting.
+Owns: every looping strategy (docs/design.md), one registry by name, early halting.
 Never sees the model, the cache or the mask: the runner hands each integrator a `Window`,
 a callable `g(x) -> x'` that runs one evaluation of the window (the whole block, or one layer in
 layer mode), plus `g.layers` (the per-layer maps, used only by `uniform`). The runner counts the

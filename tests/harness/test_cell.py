@@ -105,11 +105,19 @@ def test_changing_an_unlisted_field_keeps_the_id(field):
 
 def test_every_loop_field_changes_the_id():
     seen = {cell_id(HUB)}
+    # each option in a setting that reads it (an unread option is refused / normalised away)
+    reader = dict(decode_n=dict(decode="first_n"), ema_alpha=dict(integrator="ema"),
+                  beta=dict(integrator="anchored"), anchor_rescale=dict(integrator="anchored"),
+                  momentum=dict(integrator="heavy_ball"), anderson_m=dict(integrator="anderson"),
+                  anderson_beta=dict(integrator="anderson", anderson_m=3))
     for name, value in dict(k=2, integrator="anchored", mode="layer", kv="last", decode="bypass",
                             decode_n=16, routing="freeze", alpha=0.5, beta=0.25, halt_tau=0.01,
                             ema_alpha=0.3, momentum=0.2, anderson_m=3, anderson_beta=0.5,
                             anchor_rescale=True, window="14:18").items():
-        cid = cell_id(dataclasses.replace(HUB, loop=HUB.loop.replace(**{name: value})))
+        base = HUB.loop.replace(**reader.get(name, {}))
+        if name in reader:                   # the reading setting alone is a new id too
+            seen.add(cell_id(dataclasses.replace(HUB, loop=base)))
+        cid = cell_id(dataclasses.replace(HUB, loop=base.replace(**{name: value})))
         assert cid not in seen, name
         seen.add(cid)
 
