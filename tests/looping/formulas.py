@@ -1,6 +1,6 @@
 """Plain, hand-written references of every strategy (no halting, no registry, no runner).
 
-Written from DESIGN.md and the formulas of the authors' loop_qwen3.py. Each reference takes `fns`
+Written from docs/design.md and the formulas of the authors' loop_qwen3.py. Each reference takes `fns`
 (per-layer maps; the window map g is their composition), the entry state x0 and a LoopConfig.
 Used by the integrator tests (random tensors, float64) and the model-level schedule tests.
 """

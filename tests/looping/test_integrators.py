@@ -2,7 +2,7 @@
 
 No model: a window is a small stub (`Stub`) with `__call__` and `.layers`, e.g. the linear field
 g(x) = x + A x (float64) or two tanh residual layers. Each strategy is compared with a plain,
-hand-written reference of its formula below (written from DESIGN.md and the authors' loop_qwen3.py).
+hand-written reference of its formula below (written from docs/design.md and the authors' loop_qwen3.py).
 """
 import math
 
