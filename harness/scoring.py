@@ -1,0 +1,177 @@
+"""scoring: lm-eval's loglikelihood requests answered as HFLM answers them, with the LM head applied
+only where lm-eval reads it, and several loop settings of one model sharing what lies below their
+windows.
+
+    answers = loglikelihoods(model, requests, [None, cfg_a, cfg_b], batch_size=16, max_length=2048)
+    answers[i]          # [(logprob, is_greedy), ...] for settings[i], in request order
+
+`requests` are what HFLM's `_loglikelihood_tokens` receives: `((context, continuation),
+context_tokens, continuation_tokens)`. Batching follows HFLM exactly (the same `Collator` order,
+the same one-token-continuation grouping, left truncation to `max_length`, right padding), so a
+setting's answers equal `--model hf` / `--model looped` scoring of the same requests within
+floating-point noise (tests pin <= 1e-5 in fp32, identical greedy flags).
+
+Two savings, both exact:
+- **the head only where read**: lm-eval reads the log-probabilities of the continuation tokens
+  only; the final norm runs over the sequence as usual, then a pre-hook on the output embedding
+  keeps each row's last `P` positions that hold its continuation (P = the longest continuation of
+  the batch). With a 262k vocabulary (Gemma 3) the head costs more than the layers; this also
+  keeps a (B, T, V) logits tensor out of memory.
+- **shared prefix and natural pass** (several settings): per batch, one plain forward records the
+  state entering every window start and every block window's end (`looping.prefix.
+  capture_inputs`) and stops there; the baseline continues from the highest of them, and each
+  looped setting starts at its window (`start_at`) with, in block mode, its first evaluation
+  g(x0) provided (`LoopHandle.natural_output`): the plain model's state entering the window's
+  end. What a setting computes after that is what it computes alone.
+
+Only one batch of states is held at a time. Settings with `routing=freeze` in block mode compute
+their own natural pass (freezing needs its routing).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.utils import Collator
+from lm_eval.models.utils_hf import pad_and_concat
+from tqdm import tqdm
+
+from looping import LoopConfig, looped
+from looping.prefix import capture_inputs, start_at
+
+Request = tuple  # ((context, continuation), context_tokens, continuation_tokens)
+
+
+@contextlib.contextmanager
+def head_at(model: torch.nn.Module, index: torch.Tensor) -> Iterator[None]:
+    """While active, the output embedding (LM head) sees only the positions `index` (B, P) of
+    each row: the model returns logits of shape (B, P, V)."""
+    head = model.get_output_embeddings()
+
+    def gather(module, args):
+        h = args[0]
+        idx = index.to(h.device)[..., None].expand(-1, -1, h.shape[-1])
+        return (h.gather(1, idx),) + tuple(args[1:])
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class _Setting:
+    loop: LoopConfig | None
+    handle: object = None            # LoopHandle (not applied between batches)
+    start: int = 0
+    end: int | None = None           # window end whose natural pass is shared (block mode)
+
+
+def _plan(model, loops: Sequence[LoopConfig | None]) -> tuple[list[_Setting], list[int]]:
+    """Each setting's handle and shared states; the layers whose entering state a batch records."""
+    settings, points = [], set()
+    n_layers = None
+    for cfg in loops:
+        if cfg is None:
+            settings.append(_Setting(None))
+            continue
+        h = looped(model, cfg)
+        n_layers = h.resolved.n_layers
+        s, e = h.resolved.start, h.resolved.end
+        share_natural = (h.resolved.mode == "block" and e < n_layers
+                         and not h.routing.replays_natural)
+        settings.append(_Setting(cfg, h, s, e if share_natural else None))
+        points.add(s)
+        if share_natural:
+            points.add(e)
+    if len(loops) < 2:                # nothing to share: one plain or looped forward per batch
+        points = set()
+    return settings, sorted(points)
+
+
+def _forward(model, ids, index, autocast_dtype) -> torch.Tensor:
+    device = ids.device
+    with (torch.no_grad(), head_at(model, index),
+          torch.autocast(device_type=device.type, dtype=autocast_dtype,
+                         enabled=autocast_dtype is not None)):
+        return model(ids, use_cache=False).logits
+
+
+def loglikelihoods(model: torch.nn.Module, requests: Sequence[Request],
+                   loops: Sequence[LoopConfig | None], *, batch_size: int, max_length: int,
+                   logits_cache: bool = True, softmax_dtype=None, autocast_dtype=None,
+                   progress: bool = True) -> list[list[tuple[float, bool]]]:
+    """Answer `requests` under every setting in `loops` (None = the plain model): one list of
+    (sum of continuation log-probs, continuation is greedy) per setting, in request order."""
+    if not loops:
+        return []
+    settings, points = _plan(model, loops)
+    device = next(model.parameters()).device
+
+    def collate(req):
+        toks = req[1] + req[2]
+        return -len(toks), tuple(toks)
+
+    re_ord = Collator(list(requests), sort_fn=collate,
+                      group_by="contexts" if logits_cache else None,
+                      group_fn=lambda req: req[-2] + req[-1][:-1])
+    results: list[list[tuple[float, bool]]] = [[] for _ in settings]
+    pbar = tqdm(total=len(requests), disable=not progress,
+                desc=f"Scoring loglikelihood requests ({len(settings)} setting(s))")
+    for chunk in re_ord.get_batched(n=batch_size):
+        inps, inplens, conts = [], [], []
+        for _, context_enc, continuation_enc in chunk:
+            inp = torch.tensor((context_enc + continuation_enc)[-(max_length + 1):][:-1],
+                               dtype=torch.long, device=device)
+            inps.append(inp)
+            inplens.append(inp.shape[0])
+            conts.append(continuation_enc)
+        ids = pad_and_concat(max(inplens), inps, padding_side="right")
+        width = max(len(c) for c in conts)
+        index = torch.stack([(torch.arange(width) + n - width).clamp_min(0) for n in inplens])
+        logps = [F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
+                 for logits in _batch_logits(model, ids, index, settings, points, autocast_dtype)]
+        for i, ((request_str, ctx_tokens, _), cont) in enumerate(zip(chunk, conts)):
+            rows = [logp[i, width - len(cont):].unsqueeze(0) for logp in logps]   # [1, cont, V]
+            siblings = [(r, c) for r, c, _ in re_ord.get_cache(
+                req_str=request_str, cxt_toks=ctx_tokens, cont_toks=cont, logits=rows[0])]
+            for k, row in enumerate(rows):
+                greedy = row.argmax(dim=-1)
+                for _, cont_toks in siblings:
+                    toks = torch.tensor(cont_toks, dtype=torch.long, device=row.device)[None]
+                    n = toks.shape[1]
+                    is_greedy = bool((greedy[:, -n:] == toks).all())
+                    logprob = float(torch.gather(row[:, -n:], 2, toks[..., None]).sum())
+                    results[k].append((logprob, is_greedy))
+            pbar.update(len(siblings))
+    pbar.close()
+    return [re_ord.get_original(r) for r in results]
+
+
+def _batch_logits(model, ids, index, settings: list[_Setting], points: list[int],
+                  autocast_dtype) -> list[torch.Tensor]:
+    """Logits (B, P, V) of one batch under every setting, sharing the recorded states."""
+    if not points:
+        out = []
+        for s in settings:
+            with s.handle if s.handle is not None else contextlib.nullcontext():
+                out.append(_forward(model, ids, index, autocast_dtype))
+        return out
+    with torch.no_grad(), capture_inputs(model, points) as seen:
+        model(ids, use_cache=False)
+    top = points[-1]
+    out = []
+    for s in settings:
+        if s.handle is None:                          # the plain model: continue from the top
+            with start_at(model, top, seen[top]):
+                out.append(_forward(model, ids, index, autocast_dtype))
+            continue
+        with s.handle, start_at(model, s.start, seen[s.start]):
+            natural = (s.handle.natural_output(seen[s.end]) if s.end is not None
+                       else contextlib.nullcontext())
+            with natural:
+                out.append(_forward(model, ids, index, autocast_dtype))
+    return out
