@@ -82,7 +82,7 @@ def plan_grid(overrides: list[str]):
     model, baselines first), and the driver settings of the first combination."""
     from hydra import initialize_config_dir
 
-    from harness.cell import cell_id, order_cells, spec_from_config
+    from harness.spec import cell_id, spec_from_config
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="sweep"):
         combos = expand_grid(overrides)
@@ -102,6 +102,26 @@ def plan_grid(overrides: list[str]):
     settings = OmegaConf.to_container(first, resolve=False)
     settings.pop("hydra", None)
     return [(s, labels[cell_id(s)]) for s in cells], settings
+
+
+def order_cells(specs, *, baselines: bool = True):
+    """Unique cells grouped by model (so each model loads once), each model's baselines first."""
+    from harness.spec import cell_id
+
+    seen, out = set(), []
+    specs = list(specs)
+    if baselines:
+        specs = [s.baseline() for s in specs if not s.is_baseline] + specs
+    groups: dict = {}
+    for s in specs:
+        cid = cell_id(s)
+        if cid in seen:
+            continue
+        seen.add(cid)
+        groups.setdefault(s.model_key(), []).append(s)
+    for g in groups.values():
+        out += sorted(g, key=lambda s: not s.is_baseline)
+    return out
 
 
 def grid_id(cids: list[str]) -> str:
@@ -133,14 +153,10 @@ def summarize(store, cids, before, force, started) -> dict:
 def run_report(store: str, cell_ids: list[str], figures: str = "figures") -> None:
     """Build the tables (into `store`) and figures (into `figures`) with scripts/make_report.py
     from this grid's records (`cell_ids`, baselines included; other grids in the store stay out)."""
-    import importlib.util
+    from harness.report import make_report
 
-    path = Path(__file__).resolve().parent / "scripts" / "make_report.py"
-    spec = importlib.util.spec_from_file_location("loopsweep_make_report", path)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
-        module.make_report(store, figures=figures, cell_ids=cell_ids)
+        make_report(store, figures=figures, cell_ids=cell_ids)
     except Exception as e:     # noqa: BLE001 - the grid's records are the result; the report is extra
         print(f"[loopsweep] the report failed ({type(e).__name__}: {e}); records are in {store}/cells")
 
@@ -148,7 +164,7 @@ def run_report(store: str, cell_ids: list[str], figures: str = "figures") -> Non
 def drive(argv: list[str]) -> int:
     """The driver: plan the grid, skip what is done, launch one Hydra job per plan, summarise."""
     from harness import store as st
-    from harness.cell import cell_id
+    from harness.spec import cell_id
 
     t_start = time.time()
     cells, cfg = plan_grid(argv)
@@ -212,7 +228,7 @@ def drive(argv: list[str]) -> int:
           f"{len(summary['missing'])} missing", flush=True)
     for cid in summary["failed"]:
         rec = st.read_record(store, cid) if st.status_of(store, cid) != "broken" else None
-        err = ((rec or {}).get("error") or "broken record").strip().splitlines()[-1:]
+        err = ((rec.error if rec else None) or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
     if cfg.get("report"):
         # the grid's cells and their baselines (also when baseline=false left them out of the grid)
@@ -226,7 +242,8 @@ def drive(argv: list[str]) -> int:
 def job(cfg: DictConfig):
     """One Hydra job: the cells of its plan file (or, without a plan, the config's own cell and its
     baseline), in one process with one model cache."""
-    from harness.cell import CellSpec, order_cells, run_cells, spec_from_config
+    from harness.run import run_cells
+    from harness.spec import CellSpec, spec_from_config
     from harness.tracking import Tracker
 
     if cfg.plan:
