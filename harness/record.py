@@ -1,6 +1,7 @@
 """record: the typed result of one cell, the one home of the record schema (docs/results-schema.md).
 
-    rec = build_record(spec, results, status="ok", error=None, wall_time_s=12.3, device="cpu", lm=lm)
+    rec = build_record(spec, results, status="ok", error=None, wall_time_s=12.3, device="cpu",
+                       lm=lm)
     text = rec.to_json()                       # what <store>/cells/<cell_id>.json holds
     CellRecord.from_json(text) == rec          # True: every record round-trips
     rec.status, rec["status"]                  # typed fields; the JSON keys read the same
@@ -155,7 +156,8 @@ def json_default(o):
 
 
 def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else repr(o)))
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item")
+                                 else repr(o)))
 
 
 # ---- building a record from a run ----------------------------------------------------------------
@@ -202,7 +204,7 @@ def build_record(spec: CellSpec, results: dict | None, *, status: str, error: st
         for t in (results.get("samples") or {}):
             try:
                 samples[t] = sample_rows(results, t, spec.metric)
-            except Exception as e:          # a task without this per-sample metric keeps its metrics
+            except Exception as e:   # a task without this per-sample metric keeps its metrics
                 print(f"[loopsweep] no per-sample rows for {t}: {e}", file=sys.stderr)
         if spec.aggregate:
             name, agg_metric = spec.aggregate

@@ -89,7 +89,7 @@ def default_device(device: str | None = None) -> str:
 @dataclass
 class CellResult:
     cell_id: str
-    status: str                 # ok | failed | oom (computed or found), busy (another process has it)
+    status: str         # ok | failed | oom (computed or found); busy: another process has it
     computed: bool              # computed in this call (False: skipped or busy)
     path: Path
     record: CellRecord | None = None

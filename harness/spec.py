@@ -59,7 +59,8 @@ def package_version(pkg: str) -> str:
 
 @dataclass(frozen=True)
 class CellSpec:
-    """Everything one cell computes from. Frozen; build with `CellSpec(...)` or `spec_from_config`."""
+    """Everything one cell computes from. Frozen; build with `CellSpec(...)` or
+    `spec_from_config`."""
     model: str                                  # HF id or local folder
     task: str                                   # lm-eval task; several joined by ','
     loop: LoopConfig | None = None              # None = the baseline
@@ -95,7 +96,8 @@ class CellSpec:
         if isinstance(self.loop, Mapping):
             object.__setattr__(self, "loop", LoopConfig.from_dict(self.loop))
         if isinstance(self.aggregate, Mapping):
-            object.__setattr__(self, "aggregate", (self.aggregate["name"], self.aggregate["metric"]))
+            object.__setattr__(self, "aggregate",
+                               (self.aggregate["name"], self.aggregate["metric"]))
         elif isinstance(self.aggregate, list):
             object.__setattr__(self, "aggregate", tuple(self.aggregate))
         if self.batch_size is None or int(self.batch_size) < 1:
@@ -156,16 +158,20 @@ def cell_id(spec: CellSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
 
 
+def loop_text(loop: LoopConfig | None) -> str:
+    """'euler k=3 window=15:19 mode=block kv=first' (decode when not full), or 'baseline'."""
+    if loop is None:
+        return "baseline"
+    what = f"{loop.integrator} k={loop.k} window={loop.window} mode={loop.mode} kv={loop.kv}"
+    if loop.decode != "full":
+        what += f" decode={loop.decode}" + (f"/{loop.decode_n}" if loop.decode == "first_n" else "")
+    return what
+
+
 def describe(spec: CellSpec) -> str:
     """A one-line human description of a cell: 'model | task | loop setting'."""
-    if spec.loop is None:
-        what = "baseline"
-    else:
-        lc = spec.loop
-        what = f"{lc.integrator} k={lc.k} window={lc.window} mode={lc.mode} kv={lc.kv}"
-        if lc.decode != "full":
-            what += f" decode={lc.decode}" + (f"/{lc.decode_n}" if lc.decode == "first_n" else "")
-    return f"{spec.model_name or spec.model} | {spec.task_name or spec.task} | {what}"
+    return (f"{spec.model_name or spec.model} | {spec.task_name or spec.task} | "
+            f"{loop_text(spec.loop)}")
 
 
 # ---- identity helpers: local weights and task versions ---------------------------------------
@@ -279,7 +285,8 @@ def spec_from_config(cfg, *, loop_name: str = "", store: str | os.PathLike | Non
     local = Path(path).expanduser().exists()
     memo = Path(store) / "cache" / "weights-hashes.json" if store else None
     wh = weights_hash(path, memo_file=memo) if local else None
-    tasks = t["task"] if isinstance(t["task"], list) else [x for x in str(t["task"]).split(",") if x]
+    tasks = (t["task"] if isinstance(t["task"], list)
+             else [x for x in str(t["task"]).split(",") if x])
     loop = c.get("loop")
     return CellSpec(
         model=str(Path(path).expanduser().resolve()) if local else path,

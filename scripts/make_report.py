@@ -2,7 +2,7 @@
 the CSV each figure plots). The work is `harness.report.make_report`; this script parses the
 command line and calls it.
 
-    python scripts/make_report.py                          # store results/, tables in results/, figures in figures/
+    python scripts/make_report.py                          # results/ -> tables there, figures/
     python scripts/make_report.py --root results --figures figures --n-boot 5000 --no-holm
     python scripts/make_report.py --select-docs docs.txt   # select-then-confirm on these doc_ids
     python scripts/make_report.py --cells ids.txt          # only these cells (one cell_id per line)
@@ -34,7 +34,8 @@ def _read_doc_ids(path: str) -> set:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", default="results", help="results store (holds cells/); default results")
+    ap.add_argument("--root", default="results",
+                    help="results store (holds cells/); default results")
     ap.add_argument("--out", default=None, help="where tables go; default: the store root")
     ap.add_argument("--figures", default="figures", help="where figures go; default figures")
     ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per comparison")

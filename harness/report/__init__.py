@@ -17,7 +17,8 @@ Modules, one concern each:
     common      status words, loop keys, the depth band, NaN-safe helpers (shared with plots)
     make        `make_report`: the files (the only module here that writes)
 """
-from .common import DEPTH_BAND, FAILED, LOOP_KEYS, MISSING, MOE_MODES, MOE_ROUTINGS, OK, config_label
+from .common import (DEPTH_BAND, FAILED, LOOP_KEYS, MISSING, MOE_MODES, MOE_ROUTINGS, OK,
+                     config_label)
 from .compare import COMPARE_COLUMNS, compare_to_baseline
 from .make import make_report
 from .reference import MODEL_TO_REFERENCE, TASK_TO_REFERENCE, load_reference, reference_path

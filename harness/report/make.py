@@ -1,7 +1,7 @@
 """report.make: the report's files from a results store. The one entry point; the command line
 (`scripts/make_report.py`) and the sweep driver (`report=true`) both call `make_report`.
 
-    make_report("results")                                   # tables in results/, figures in figures/
+    make_report("results")                            # tables in results/, figures in figures/
     make_report(store, figures="figs", cell_ids=grid_ids)    # only these cells (and nothing else)
 
 Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
