@@ -1,7 +1,7 @@
 """plots: the report's figures, as pure functions of the report's long tables (DataFrame -> Figure).
 
     fig = plot_collapse(report.collapse_table(results, samples))
-    fig.savefig("figures/collapse.png")            # harness.report.make_report also writes the CSV it plots
+    fig.savefig("figures/collapse.png")     # harness.report.make_report also writes the CSV
 
 Owns: one figure per table (collapse, strategy comparison, depth fraction, MoE block vs layer x
 routing, cost) and the shared look (`style()`: font sizes, grid, one colour per strategy / model).

@@ -83,7 +83,8 @@ def variants(df: pd.DataFrame, panel: Sequence[str], used: Sequence[str]) -> pd.
     for _, g in df.groupby(list(panel), dropna=False, sort=False):
         vary = [k for k in free if g[k].map(norm_value).nunique(dropna=True) > 1]
         if vary:
-            out.loc[g.index] = [" ".join(f"{k}={norm_value(r[k])}" for k in vary if norm_value(r[k]) is not None)
+            out.loc[g.index] = [" ".join(f"{k}={norm_value(r[k])}" for k in vary
+                                         if norm_value(r[k]) is not None)
                                 for _, r in g.iterrows()]
     return out
 
@@ -101,7 +102,8 @@ def sort_rows(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     keys = [k for k in keys if k in df.columns]
     if df.empty or not keys:
         return df.reset_index(drop=True)
-    order = df[keys].map(lambda v: (1, "") if blank(v) else (0, v) if isinstance(v, (int, float, np.number))
+    order = df[keys].map(lambda v: (1, "") if blank(v)
+                         else (0, v) if isinstance(v, (int, float, np.number))
                          else (0, str(v)))
     idx = sorted(range(len(df)), key=lambda i: tuple(order.iloc[i]))
     return df.iloc[idx].reset_index(drop=True)

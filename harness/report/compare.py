@@ -38,7 +38,8 @@ def cell_samples(groups: dict, cell_id, task) -> pd.DataFrame:
 
 
 def compare_to_baseline(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
-                        n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                        n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+                        ) -> pd.DataFrame:
     """One row per looped cell x task of `results` (all its columns) plus COMPARE_COLUMNS:
     value / baseline / delta in pp, the paired-bootstrap CI of the delta and McNemar's exact p on
     the documents both cells share (stats.pair_samples), and `status`: the looped cell's own

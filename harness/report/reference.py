@@ -12,12 +12,15 @@ from .common import MISSING
 # Our names -> the paper's row names in reference.csv (harness/data/reference.README.md).
 MODEL_TO_REFERENCE: dict[str, str] = {
     "qwen3-4b": "Qwen3-4B-Instruct", "Qwen/Qwen3-4B-Instruct-2507": "Qwen3-4B-Instruct",
-    "llama-3.2-1b": "Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-1B-Instruct": "Llama-3.2-1B-Instruct",
-    "llama-3.2-3b": "Llama-3.2-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct": "Llama-3.2-3B-Instruct",
+    "llama-3.2-1b": "Llama-3.2-1B-Instruct",
+    "meta-llama/Llama-3.2-1B-Instruct": "Llama-3.2-1B-Instruct",
+    "llama-3.2-3b": "Llama-3.2-3B-Instruct",
+    "meta-llama/Llama-3.2-3B-Instruct": "Llama-3.2-3B-Instruct",
     "qwen1.5-moe-a2.7b": "Qwen1.5-MoE-A2.7B", "Qwen/Qwen1.5-MoE-A2.7B": "Qwen1.5-MoE-A2.7B",
     "moonlight-16b-a3b": "Moonlight-16B-A3B-Instruct",
     "moonshotai/Moonlight-16B-A3B-Instruct": "Moonlight-16B-A3B-Instruct",
-    "deepseek-v2-lite": "DeepSeek-V2-Lite-Chat", "deepseek-ai/DeepSeek-V2-Lite-Chat": "DeepSeek-V2-Lite-Chat",
+    "deepseek-v2-lite": "DeepSeek-V2-Lite-Chat",
+    "deepseek-ai/DeepSeek-V2-Lite-Chat": "DeepSeek-V2-Lite-Chat",
     "qwen3-30b-a3b": "Qwen3-30B-A3B-Instruct", "qwen3-30b-a3b-code": "Qwen3-30B-A3B-Instruct",
     "Qwen/Qwen3-30B-A3B-Instruct-2507": "Qwen3-30B-A3B-Instruct",
 }
@@ -27,7 +30,8 @@ TASK_TO_REFERENCE: dict[str, str] = {
     "openbookqa": "OpenBookQA",
 }
 # The names a published row without any result of ours is shown under (our preset / lm-eval task).
-REFERENCE_MODEL_PRESET = {v: k for k, v in reversed(list(MODEL_TO_REFERENCE.items())) if "/" not in k}
+REFERENCE_MODEL_PRESET = {v: k for k, v in reversed(list(MODEL_TO_REFERENCE.items()))
+                          if "/" not in k}
 REFERENCE_TASK = {"MMLU-Pro": "mmlu_pro", "GPQA-Main": "gpqa_main_zeroshot",
                    "CommonsenseQA": "commonsense_qa", "ARC-Challenge": "arc_challenge",
                    "OpenBookQA": "openbookqa"}
@@ -55,8 +59,9 @@ def attach_reference(out: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Da
         if hit is None:
             continue
         used.add(key)
-        out.loc[i, ["published_model", "published_benchmark", "published_shots", "published_baseline",
-                    "published_looped", "published_delta", "published_config", "published_source"]] = [
+        out.loc[i, ["published_model", "published_benchmark", "published_shots",
+                    "published_baseline", "published_looped", "published_delta",
+                    "published_config", "published_source"]] = [
             hit["model"], hit["benchmark"], hit["shots"], hit["baseline"], hit["looped"],
             hit["delta_pp"], hit["config_known"], hit["source"]]
     extra = []

@@ -9,8 +9,9 @@ import pandas as pd
 
 from .common import OK, blank, norm_value, row_mask
 
-INT_COLUMNS = frozenset({"k", "window_width", "window_passes", "num_fewshot", "published_shots", "seed",
-                         "batch_size", "limit", "confirm_n", "confirm_rank", "rank_at_k", "rank_at_passes"})
+INT_COLUMNS = frozenset({"k", "window_width", "window_passes", "num_fewshot", "published_shots",
+                         "seed", "batch_size", "limit", "confirm_n", "confirm_rank", "rank_at_k",
+                         "rank_at_passes"})
 
 
 def _fmt_num(v, digits: int = 2, integer: bool = False) -> str:
@@ -46,7 +47,8 @@ def pivot_display(df: pd.DataFrame, index: Sequence[str], columns: str, value: s
     index = [c for c in index if c in df.columns]
     if df.empty:
         return pd.DataFrame(columns=[*index, *(extra or {})])
-    levels = sorted({norm_value(v) for v in df[columns]}, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+    levels = sorted({norm_value(v) for v in df[columns]},
+                    key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
     rows = []
     for key, g in df.groupby(index, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -57,7 +59,8 @@ def pivot_display(df: pd.DataFrame, index: Sequence[str], columns: str, value: s
         for lvl in levels:
             hit = g[row_mask(norm_value(v) == lvl for v in g[columns])]
             label = "n/a" if lvl is None else str(lvl)
-            row[label] = "; ".join(_cell_text(r, value) for _, r in hit.iterrows()) if len(hit) else ""
+            row[label] = ("; ".join(_cell_text(r, value) for _, r in hit.iterrows())
+                          if len(hit) else "")
         rows.append(row)
     out = pd.DataFrame(rows)
     drop = [c for c in index if c in out.columns and (out[c] == "").all()]
@@ -65,9 +68,9 @@ def pivot_display(df: pd.DataFrame, index: Sequence[str], columns: str, value: s
 
 
 def format_table(df: pd.DataFrame, *, p_cols: Sequence[str] = ("p_mcnemar", "p_holm", "confirm_p"),
-                 ci_pairs: Sequence[tuple[str, str, str]] = (("ci_low_pp", "ci_high_pp", "ci95_pp"),
-                                                           ("confirm_ci_low_pp", "confirm_ci_high_pp",
-                                                            "confirm_ci95_pp")),
+                 ci_pairs: Sequence[tuple[str, str, str]] = (
+                     ("ci_low_pp", "ci_high_pp", "ci95_pp"),
+                     ("confirm_ci_low_pp", "confirm_ci_high_pp", "confirm_ci95_pp")),
                  drop: Sequence[str] = ()) -> pd.DataFrame:
     """A string-valued copy for reading: numbers to 2 decimals, p-values to 3-4 significant
     places, each CI pair merged into one '[lo, hi]' column, booleans as 'yes' / ''."""
@@ -92,14 +95,16 @@ def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table of a (formatted) frame."""
     cols = [str(c) for c in df.columns]
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(esc("" if blank(v) else v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
 
 
 def _tex(s) -> str:

@@ -43,21 +43,24 @@ def complete_grid(df: pd.DataFrame, panel: Sequence[str], axes: Sequence[str]) -
     extra = []
     for pkey, g in df.groupby(list(panel), dropna=False, sort=False):
         pkey = pkey if isinstance(pkey, tuple) else (pkey,)
-        levels = [sorted({norm_value(v) for v in g[a]}, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+        levels = [sorted({norm_value(v) for v in g[a]},
+                         key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
                   for a in axes]
         have = {tuple(norm_value(v) for v in r) for r in g[list(axes)].itertuples(index=False)}
         for combo in itertools.product(*levels):
             if combo not in have:
-                extra.append({**dict(zip(panel, pkey)), **dict(zip(axes, combo)), "status": MISSING})
+                extra.append({**dict(zip(panel, pkey)), **dict(zip(axes, combo)),
+                              "status": MISSING})
     if not extra:
         return df
     return pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
 
 
-# ---- the delta table (vs the paper) -----------------------------------------------------------------
+# ---- the delta table (vs the paper) --------------------------------------------------------------
 
 DELTA_COLUMNS = [
-    "model_name", "task", "metric", "method", "status", "config", "cell_id", "n_grid", "best_of_grid",
+    "model_name", "task", "metric", "method", "status", "config", "cell_id", "n_grid",
+    "best_of_grid",
     "baseline_pp", "naive_pp", "value_pp", "delta_pp", "ci_low_pp", "ci_high_pp", "p_mcnemar",
     "p_holm", "n_paired", "n_dropped", "num_fewshot", "published_model", "published_benchmark",
     "published_shots", "published_baseline", "published_looped", "published_delta",
@@ -66,8 +69,9 @@ DELTA_COLUMNS = [
 
 
 def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
-                reference: pd.DataFrame | None = None, methods: Sequence[str] = ("euler", "anchored"),
-                naive: str = "naive", compared: pd.DataFrame | None = None, holm_adjust: bool = True,
+                reference: pd.DataFrame | None = None,
+                methods: Sequence[str] = ("euler", "anchored"), naive: str = "naive",
+                compared: pd.DataFrame | None = None, holm_adjust: bool = True,
                 n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per model x task x method: baseline, naive, the method's accuracy, delta (pp), its paired
     CI, McNemar p (and Holm-adjusted over the table's rows), beside the published cell.
@@ -84,7 +88,8 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     rows = []
     for model_name, task in pairs:
         here = cmp[(cmp["model_name"] == model_name) & (cmp["task"] == task)]
-        bases = res[(res["model_name"] == model_name) & (res["task"] == task) & res["is_baseline"].astype(bool)]
+        bases = res[(res["model_name"] == model_name) & (res["task"] == task)
+                    & res["is_baseline"].astype(bool)]
         base_row = bases[bases["status"] == OK].iloc[0] if (bases["status"] == OK).any() else (
             bases.iloc[0] if len(bases) else None)
         meta = {"model_name": model_name, "task": task,
@@ -92,7 +97,8 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                            (base_row["metric"] if base_row is not None else None)),
                 "num_fewshot": norm_value(here["num_fewshot"].iloc[0]) if len(here) else (
                     norm_value(base_row["num_fewshot"]) if base_row is not None else None)}
-        base_pp = to_pp(base_row["value"]) if base_row is not None and base_row["status"] == OK else math.nan
+        base_pp = (to_pp(base_row["value"]) if base_row is not None and base_row["status"] == OK
+                   else math.nan)
         if not present:
             rows.append({**meta, "method": "baseline", "baseline_pp": base_pp,
                          "status": OK if base_row is not None and base_row["status"] == OK else
@@ -124,7 +130,7 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     return sort_rows(out, ["model_name", "task", "method"])
 
 
-# ---- collapse: accuracy vs K per strategy -----------------------------------------------------------
+# ---- collapse: accuracy vs K per strategy --------------------------------------------------------
 
 LONG_COLUMNS = [
     "model_name", "task", "metric", "integrator", "k", "window", "window_centre", "window_width",
@@ -165,18 +171,20 @@ def collapse_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *
     panel has and another lacks is a 'missing' row. `collapse_wide` prints it as strategy x K."""
     cmp = with_names(ensure_compared(results, samples, compared, n_boot, confidence, seed))
     panel = ["model_name", "task", "window", "mode"]
-    out = _long(cmp, panel, [*panel, "integrator", "k"], ["integrator", "k"], holm_adjust, confidence)
+    out = _long(cmp, panel, [*panel, "integrator", "k"], ["integrator", "k"], holm_adjust,
+                confidence)
     return sort_rows(out, [*panel, "variant", "integrator", "k"])
 
 
 def collapse_wide(collapse: pd.DataFrame, value: str = "value_pp") -> pd.DataFrame:
     """Strategy x K grid of `value` (formatted; 'failed' / 'missing' where a cell has no number),
     with the baseline as its own column."""
-    return pivot_display(collapse, ["model_name", "task", "window", "mode", "variant", "integrator"], "k",
+    return pivot_display(collapse, ["model_name", "task", "window", "mode", "variant",
+                                    "integrator"], "k",
                          value, extra={"baseline": "baseline_pp"})
 
 
-# ---- strategies at equal K and at equal window passes -----------------------------------------------
+# ---- strategies at equal K and at equal window passes --------------------------------------------
 
 def strategy_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                    compared: pd.DataFrame | None = None, holm_adjust: bool = True,
@@ -185,7 +193,8 @@ def strategy_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *
     its K and its window passes (evaluations of the window; 2 per step for heun / midpoint, 4 for
     rk4), ranked within equal K (`rank_at_k`) and within equal passes (`rank_at_passes`), 1 = best.
     View it with `strategy_wide(table, by='k')` or `by='window_passes'`."""
-    out = collapse_table(results, samples, compared=compared, holm_adjust=holm_adjust, n_boot=n_boot,
+    out = collapse_table(results, samples, compared=compared, holm_adjust=holm_adjust,
+                         n_boot=n_boot,
                          confidence=confidence, seed=seed)
     panel = ["model_name", "task", "window", "mode"]
     for by, col in (("k", "rank_at_k"), ("window_passes", "rank_at_passes")):
@@ -208,10 +217,11 @@ def strategy_wide(strategy: pd.DataFrame, by: str = "k", value: str = "delta_pp"
     df = strategy.copy()
     if by == "window_passes":
         df = df[df["status"] != MISSING]
-    return pivot_display(df, ["model_name", "task", "window", "mode", "variant", "integrator"], by, value)
+    return pivot_display(df, ["model_name", "task", "window", "mode", "variant", "integrator"],
+                         by, value)
 
 
-# ---- depth fraction ---------------------------------------------------------------------------------
+# ---- depth fraction ------------------------------------------------------------------------------
 
 def depth_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                 compared: pd.DataFrame | None = None, band: tuple[float, float] = DEPTH_BAND,
@@ -225,7 +235,8 @@ def depth_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     out = _long(cmp, panel, [*panel, "window"], [], holm_adjust, confidence)
     c = out["window_centre"].astype(float)
     out["in_band"] = (c >= band[0]) & (c <= band[1])
-    return sort_rows(out, ["model_name", "task", "integrator", "k", "mode", "window_width", "window_centre"])
+    return sort_rows(out, ["model_name", "task", "integrator", "k", "mode", "window_width",
+                           "window_centre"])
 
 
 def depth_summary(depth: pd.DataFrame, band: tuple[float, float] = DEPTH_BAND) -> pd.DataFrame:
@@ -250,7 +261,7 @@ def depth_summary(depth: pd.DataFrame, band: tuple[float, float] = DEPTH_BAND) -
     return pd.DataFrame(rows)
 
 
-# ---- MoE: block vs layer x routing ------------------------------------------------------------------
+# ---- MoE: block vs layer x routing ---------------------------------------------------------------
 
 def moe_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
               compared: pd.DataFrame | None = None, holm_adjust: bool = True,
@@ -288,9 +299,10 @@ def moe_wide(moe: pd.DataFrame, value: str = "delta_pp") -> pd.DataFrame:
                          "mode/routing", value, extra={"baseline": "baseline_pp"})
 
 
-# ---- cost -------------------------------------------------------------------------------------------
+# ---- cost ----------------------------------------------------------------------------------------
 
-COST_COLUMNS = ["model_name", "task", "integrator", "k", "window", "mode", "kv", "decode", "routing",
+COST_COLUMNS = ["model_name", "task", "integrator", "k", "window", "mode", "kv", "decode",
+                "routing",
                 "variant", "status", "cell_id", "window_passes", "wall_time_s", "peak_mem_gib",
                 "baseline_wall_time_s", "wall_ratio", "overhead_pct"]
 
@@ -311,17 +323,20 @@ def cost_table(results: pd.DataFrame) -> pd.DataFrame:
     df["window_passes"] = [0 if b else p for b, p in zip(isb, df["window_passes"])]
     df["peak_mem_gib"] = df["peak_mem_bytes"].astype(float) / 2 ** 30
     df["baseline_wall_time_s"] = [base_wall.get((b, t), math.nan) if not isb_ else w
-                                  for b, t, isb_, w in zip(df["baseline_id"], df["task"], isb, df["wall_time_s"])]
+                                  for b, t, isb_, w in zip(df["baseline_id"], df["task"], isb,
+                                                           df["wall_time_s"])]
     ok = df["status"] == OK
-    df["wall_ratio"] = np.where(ok, df["wall_time_s"].astype(float) / df["baseline_wall_time_s"].astype(float), np.nan)
+    df["wall_ratio"] = np.where(
+        ok, df["wall_time_s"].astype(float) / df["baseline_wall_time_s"].astype(float), np.nan)
     df["overhead_pct"] = (df["wall_ratio"] - 1) * 100
-    df["variant"] = variants(df, ["model_name", "task"], ["model_name", "task", "integrator", "k", "window",
+    df["variant"] = variants(df, ["model_name", "task"], ["model_name", "task", "integrator", "k",
+                                                          "window",
                                                            "mode", "kv", "decode", "routing"])
     out = df[COST_COLUMNS]
     return sort_rows(out, ["model_name", "task", "variant", "integrator", "k"])
 
 
-# ---- select then confirm ----------------------------------------------------------------------------
+# ---- select then confirm -------------------------------------------------------------------------
 
 SELECT_COLUMNS = [
     "model_name", "task", "select_on", "confirm_on", "status", "n_candidates", "config", "cell_id",
@@ -385,7 +400,8 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
                 d_sel = (sel["looped"] - sel["base"]).mean() * 100
                 scored.append((d_sel, c, conf))
             if not scored:
-                rows.append({**row, "status": MISSING if ok.empty else "no per-sample rows on both splits"})
+                rows.append({**row, "status": MISSING if ok.empty
+                             else "no per-sample rows on both splits"})
                 continue
             confirm_deltas = [(cf["looped"] - cf["base"]).mean() * 100 for _, _, cf in scored]
             best = max(range(len(scored)), key=lambda i: scored[i][0])
@@ -414,7 +430,8 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
                              else f"no ok cell on {select_task}"})
                 continue
             pick = sel.loc[sel["delta_pp"].idxmax()]
-            row.update(config=pick["config"], cell_id=pick["cell_id"], select_delta_pp=pick["delta_pp"])
+            row.update(config=pick["config"], cell_id=pick["cell_id"],
+                       select_delta_pp=pick["delta_pp"])
             match = conf_all[row_mask(all(same_value(r[k], pick[k]) for k in key_cols)
                                    for _, r in conf_all.iterrows())]
             if match.empty:
@@ -433,7 +450,7 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
     return pd.DataFrame(rows, columns=SELECT_COLUMNS)
 
 
-# ---- all tables at once -----------------------------------------------------------------------------
+# ---- all tables at once --------------------------------------------------------------------------
 
 @dataclass
 class ReportTable:
@@ -446,8 +463,9 @@ class ReportTable:
     skipped: str | None = None
 
 
-_HIDE = ("cell_id", "baseline_cell_id", "confirm_cell_id", "alpha", "beta", "window_centre", "routing_change_rate",
-         "value_ci_low_pp", "value_ci_high_pp", "wall_time_s", "published_model", "published_benchmark",
+_HIDE = ("cell_id", "baseline_cell_id", "confirm_cell_id", "alpha", "beta", "window_centre",
+         "routing_change_rate", "value_ci_low_pp", "value_ci_high_pp", "wall_time_s",
+         "published_model", "published_benchmark",
          "published_source", "metric")
 
 
@@ -465,7 +483,8 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
             tables.append(ReportTable(name, title, skipped=reason))
         return tables
     cmp = compare_to_baseline(results, samples, n_boot=n_boot, confidence=confidence, seed=seed)
-    kw = dict(compared=cmp, holm_adjust=holm_adjust, n_boot=n_boot, confidence=confidence, seed=seed)
+    kw = dict(compared=cmp, holm_adjust=holm_adjust, n_boot=n_boot, confidence=confidence,
+              seed=seed)
     has_looped = len(cmp) > 0
 
     def add(name, frame, display, skipped=None):
@@ -474,7 +493,8 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     dt = delta_table(results, samples, reference=reference, **kw)
     add("deltas", dt, format_table(dt, drop=_HIDE))
     if not has_looped:
-        for name in ("collapse", "strategy_k", "strategy_passes", "depth", "depth_summary", "moe", "select_confirm"):
+        for name in ("collapse", "strategy_k", "strategy_passes", "depth", "depth_summary", "moe",
+                     "select_confirm"):
             add(name, None, None, "no looped cells in the store")
     else:
         col = collapse_table(results, samples, **kw)
@@ -506,9 +526,11 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
             add("moe", None, None, "no MoE cell (routing recompute / freeze) in the store")
         sel = _select_split(results, samples, cmp, select_docs, select_fraction, seed)
         if sel is None:
-            add("select_confirm", None, None, "no per-sample rows or no model x task with more than one configuration")
+            add("select_confirm", None, None,
+                "no per-sample rows or no model x task with more than one configuration")
         else:
-            stc = select_then_confirm(results, samples, select_docs=sel, compared=cmp, n_boot=n_boot,
+            stc = select_then_confirm(results, samples, select_docs=sel, compared=cmp,
+                                      n_boot=n_boot,
                                       confidence=confidence, seed=seed)
             add("select_confirm", stc, format_table(stc, drop=("cell_id", "confirm_cell_id")))
     ct = cost_table(results)
