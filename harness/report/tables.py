@@ -90,6 +90,8 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
         here = cmp[(cmp["model_name"] == model_name) & (cmp["task"] == task)]
         bases = res[(res["model_name"] == model_name) & (res["task"] == task)
                     & res["is_baseline"].astype(bool)]
+        if len(here):           # looped cells: their own baselines (by baseline_id), no other
+            bases = bases[bases["cell_id"].isin(set(here["baseline_id"]))]
         base_row = bases[bases["status"] == OK].iloc[0] if (bases["status"] == OK).any() else (
             bases.iloc[0] if len(bases) else None)
         meta = {"model_name": model_name, "task": task,
