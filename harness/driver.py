@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             plan = plan_grid(args.overrides)
             runner = get_runner(plan.settings.launcher)
-            config_text = _config_text(args) if args.cfg else None
+            config_text = _config_text(plan, args) if args.cfg else None
         except (HydraException, OmegaConfBaseException, ValueError) as e:
             print(f"{PROG}: {explain(e, args.overrides)}", file=sys.stderr)
             return 2
@@ -245,19 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_plan(plan, runner)
 
 
-def _config_text(args: Args) -> str:
+def _config_text(plan, args: Args) -> str:
     from omegaconf import OmegaConf
 
-    from .config import compose
-    from .plan import expand
-
-    first = expand(args.overrides)[0]
-    cfg = compose(first)
+    overrides, cfg = plan.first
     hydra_part = OmegaConf.to_yaml(cfg.hydra, resolve=args.resolve)
     job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg.keys() if k != "hydra"])
     job_part = OmegaConf.to_yaml(job, resolve=args.resolve)
-    head = (f"# the config of the first combination ({', '.join(first) or 'defaults'}); the "
-            f"plan below lists every cell")
+    head = (f"# the config of the grid's first combination ({', '.join(overrides) or 'defaults'});"
+            f" the plan below lists every cell")
     parts = {"job": [job_part], "hydra": ["hydra:\n" + _indent(hydra_part)],
              "all": [job_part, "hydra:\n" + _indent(hydra_part)]}[args.cfg]
     return "\n".join([head, *parts])

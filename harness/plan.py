@@ -156,6 +156,7 @@ class Plan:
     cells: list[PlannedCell]            # run order: grouped by model, baselines first
     settings: Settings
     grid_id: str = ""
+    first: tuple = ()                   # (overrides, composed config) of the first combination
 
     def __post_init__(self):
         if not self.grid_id:
@@ -256,7 +257,7 @@ def plan_grid(overrides: list[str], *, costs: bool = True) -> Plan:
                 arch[key] = model_arch(s, presets.get(key) or {})
             cost = estimate_cost(s, arch[key])
         cells.append(PlannedCell(s, cid, labels[cid], st.status_of(settings.store, cid), cost))
-    return Plan(cells, settings)
+    return Plan(cells, settings, first=combos[0])
 
 
 # ---- cost from the model's config ----------------------------------------------------------------
