@@ -163,20 +163,10 @@ class LoopedLM(HFLM):
     """HFLM whose model runs `looping` for every request. See the module docstring."""
 
     def __init__(self, pretrained: str | transformers.PreTrainedModel, *,
-                 window: Any = None, k: Any = None, integrator: Any = None, mode: Any = None,
-                 kv: Any = None, decode: Any = None, decode_n: Any = None, routing: Any = None,
-                 alpha: Any = None, beta: Any = None, halt_tau: Any = None, halt_scope: Any = None,
-                 ema_alpha: Any = None,
-                 momentum: Any = None, anderson_m: Any = None, anderson_beta: Any = None,
-                 schedule: Any = None, anchor_rescale: Any = None, recipe: Any = None,
-                 loop: LoopConfig | Mapping | str | None = None, **hf_kwargs):
-        options = dict(window=window, k=k, integrator=integrator, mode=mode, kv=kv, decode=decode,
-                       decode_n=decode_n, routing=routing, alpha=alpha, beta=beta, halt_tau=halt_tau,
-                       halt_scope=halt_scope,
-                       ema_alpha=ema_alpha, momentum=momentum, anderson_m=anderson_m,
-                       anderson_beta=anderson_beta, schedule=schedule, anchor_rescale=anchor_rescale,
-                       recipe=recipe)
-        assert set(options) == set(LOOP_KEYS), "LoopedLM's parameters must list every LoopConfig field"
+                 loop: LoopConfig | Mapping | str | None = None, **kwargs):
+        # the loop options are LoopConfig's field names (+ recipe); the rest is HFLM's
+        options = {key: kwargs.pop(key) for key in LOOP_KEYS if key in kwargs}
+        hf_kwargs = kwargs
         # everything is validated before HFLM touches config, tokenizer or weights
         self.loop_config: LoopConfig | None = loop_config_from_args(options, loop)
         check_hf_kwargs(pretrained, hf_kwargs)
@@ -288,11 +278,8 @@ def evaluate(lm, tasks: str | Iterable[str], **simple_evaluate_kwargs) -> dict:
     if use_cache is not None:
         use_cache = f"{os.fspath(use_cache)}-{cache_key(lm)}"
     if kw.get("task_manager") is None:
-        from harness.tasks import task_manager
-        tm = task_manager()
-        if not all(t in tm.task_index for t in tasks):
-            tm = task_manager(include_defaults=True)
-        kw["task_manager"] = tm
+        from harness.tasks import manager_for
+        kw["task_manager"] = manager_for(tasks)
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, log_samples=True, use_cache=use_cache, **kw)
     if results is None:   # a non-zero rank
         return results

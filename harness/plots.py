@@ -1,7 +1,7 @@
 """plots: the report's figures, as pure functions of the report's long tables (DataFrame -> Figure).
 
     fig = plot_collapse(report.collapse_table(results, samples))
-    fig.savefig("figures/collapse.png")            # scripts/make_report.py also writes the CSV it plots
+    fig.savefig("figures/collapse.png")     # harness.report.make_report also writes the CSV
 
 Owns: one figure per table (collapse, strategy comparison, depth fraction, MoE block vs layer x
 routing, cost) and the shared look (`style()`: font sizes, grid, one colour per strategy / model).
@@ -27,7 +27,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-DEPTH_BAND = (0.43, 0.71)
+from .report.common import DEPTH_BAND  # noqa: E402
+from .report.common import blank as _blank  # noqa: E402
+
 STYLE = {
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "legend.fontsize": 8.5,
     "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -83,13 +85,6 @@ def _panels(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFra
         out.append((" | ".join(f"K={int(v)}" if c == "k" else str(v)
                                for c, v in zip(keys, key) if not _blank(v)), g))
     return out
-
-
-def _blank(v) -> bool:
-    try:
-        return v is None or bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def _baseline(ax, g: pd.DataFrame, col: str = "baseline_pp", *, at_zero: bool = False) -> float:

@@ -2,13 +2,14 @@
 
 Owns the on-disk layout under a results root (default `results/`):
 
-    cells/<cell_id>.json    one record per cell (docs/results-schema.md), tmp + os.replace
+    cells/<cell_id>.json    one record per cell (harness.record.CellRecord), tmp + os.replace
     locks/<cell_id>.lock    held while a process computes the cell (O_CREAT|O_EXCL)
     cache/<cell_id>/        lm-eval's per-cell request cache (resume after preemption)
 
 Invariants: a record file is either absent or complete (never half written, also under SIGKILL);
 a cell is computed by at most one process at a time (the lock); `load_results` never crashes on a
-broken record: it skips the file and names it (`strict=True` raises instead).
+broken record: it skips the file and names it (`strict=True` raises instead). Every record is
+read through `CellRecord`; the tables' rows come from its fields.
 """
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "oom")
+from .record import SCHEMA_VERSION, STATUSES, CellRecord, RecordError, json_default
+
+__all__ = ["SCHEMA_VERSION", "STATUSES", "RESULT_COLUMNS", "SAMPLE_COLUMNS", "RecordError",
+           "CellRecord", "cells_dir", "record_path", "cache_dir", "lock_path", "write_json_atomic",
+           "write_record", "read_json", "read_record", "status_of", "iter_records", "cell_lock",
+           "result_rows", "load_results", "load_samples"]
 
 RESULT_COLUMNS = [
     "cell_id", "baseline_id", "status", "error", "model", "model_name", "task", "task_name",
@@ -33,10 +38,6 @@ RESULT_COLUMNS = [
     "value", "stderr", "n", "window_passes", "wall_time_s", "peak_mem_bytes", "routing_change_rate",
 ]
 SAMPLE_COLUMNS = ["cell_id", "task", "doc_id", "doc_hash", "prompt_hash", "target_hash", "score"]
-
-
-class RecordError(ValueError):
-    """A cell record cannot be read; the message names the file."""
 
 
 # ---- paths ---------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default, allow_nan=True)
+            json.dump(obj, f, indent=1, default=json_default, allow_nan=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -77,39 +78,29 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
-def _json_default(o):
-    if hasattr(o, "item"):          # numpy / torch scalars
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return repr(o)
+def write_record(root: str | os.PathLike, record: CellRecord | Mapping) -> Path:
+    """Write a record (a CellRecord, or its JSON object: validated as one) atomically."""
+    if not isinstance(record, CellRecord):
+        record = CellRecord.from_dict(record)
+    return write_json_atomic(record_path(root, record.cell_id), record.to_dict())
 
 
-def write_record(root: str | os.PathLike, record: dict) -> Path:
-    missing = [k for k in ("schema_version", "cell_id", "status", "spec") if k not in record]
-    if missing:
-        raise RecordError(f"record lacks {missing}; see docs/results-schema.md")
-    if record["status"] not in STATUSES:
-        raise RecordError(f"record status {record['status']!r}; valid: {', '.join(STATUSES)}")
-    return write_json_atomic(record_path(root, record["cell_id"]), record)
-
-
-def read_json(path: str | os.PathLike) -> dict:
+def read_json(path: str | os.PathLike) -> CellRecord:
+    """The record in one file; a broken or malformed file raises RecordError naming it."""
     path = Path(path)
+    with open(path) as f:
+        text = f.read()
     try:
-        with open(path) as f:
-            out = json.load(f)
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"broken cell record {path}: not valid JSON ({e}); delete it to recompute "
                           f"the cell") from None
-    if not isinstance(out, dict) or "cell_id" not in out or "status" not in out:
+    if not isinstance(raw, dict) or "cell_id" not in raw or "status" not in raw:
         raise RecordError(f"broken cell record {path}: not a cell record (no cell_id / status)")
-    return out
+    return CellRecord.from_dict(raw, source=str(path))
 
 
-def read_record(root: str | os.PathLike, cell_id: str) -> dict | None:
+def read_record(root: str | os.PathLike, cell_id: str) -> CellRecord | None:
     """The cell's record, or None if there is none. A broken file raises RecordError."""
     path = record_path(root, cell_id)
     if not path.exists():
@@ -123,11 +114,11 @@ def status_of(root: str | os.PathLike, cell_id: str) -> str | None:
         rec = read_record(root, cell_id)
     except RecordError:
         return "broken"
-    return None if rec is None else rec["status"]
+    return None if rec is None else rec.status
 
 
 def iter_records(root: str | os.PathLike, *, strict: bool = False,
-                 errors: list | None = None) -> Iterator[dict]:
+                 errors: list | None = None) -> Iterator[CellRecord]:
     """Every record under `<root>/cells`. Broken files are skipped and reported on stderr (and
     appended to `errors`), or raise with `strict=True`."""
     d = cells_dir(root)
@@ -226,18 +217,18 @@ def _num(x):
         return math.nan
 
 
-def result_rows(record: dict) -> list[dict]:
+def result_rows(record: CellRecord) -> list[dict]:
     """The load_results rows of one record: one per task (plus aggregates) in its metrics; a cell
     without metrics (failed / oom) gives one row per task of its spec with value NaN."""
-    spec = record.get("spec") or {}
-    loop = spec.get("loop")
-    res = record.get("loop_resolved") or {}
-    cost = record.get("cost") or {}
-    diag = record.get("diagnostics") or {}
-    metric = record.get("primary_metric") or spec.get("metric")
+    spec = record.spec
+    loop = record.loop
+    res = record.loop_resolved or {}
+    cost = record.cost
+    diag = record.diagnostics
+    metric = record.primary_metric or spec.get("metric")
     base = {
-        "cell_id": record["cell_id"], "baseline_id": record.get("baseline_id") or "",
-        "status": record["status"], "error": record.get("error") or "",
+        "cell_id": record.cell_id, "baseline_id": record.baseline_id or "",
+        "status": record.status, "error": record.error or "",
         "model": spec.get("model"), "model_name": spec.get("model_name"),
         "task_name": spec.get("task_name"),
         "num_fewshot": spec.get("num_fewshot"), "limit": spec.get("limit"),
@@ -260,17 +251,15 @@ def result_rows(record: dict) -> list[dict]:
         "peak_mem_bytes": _num(cost.get("peak_mem_bytes")),
         "routing_change_rate": _num(diag.get("routing_change_rate")),
     }
-    metrics = record.get("metrics") or {}
-    samples = record.get("samples") or {}
-    if not metrics:
-        tasks = [t for t in str(spec.get("task") or "").split(",") if t] or [None]
+    if not record.metrics:
+        tasks = record.tasks or [None]
         return [dict(base, task=t, value=math.nan, stderr=math.nan, n=0) for t in tasks]
     rows = []
-    for task, m in metrics.items():
+    for task, m in record.metrics.items():
         m = m or {}
         name, _, filt = (metric or "").partition(",")
         stderr_key = f"{name}_stderr,{filt}" if filt else f"{name}_stderr"
-        n = len(samples.get(task) or [])
+        n = len(record.samples.get(task) or [])
         if not n and isinstance(m.get("n"), (int, float)):
             n = int(m["n"])
         rows.append(dict(base, task=task, value=_num(m.get(metric)), stderr=_num(m.get(stderr_key)),
@@ -278,7 +267,8 @@ def result_rows(record: dict) -> list[dict]:
     return rows
 
 
-def load_results(root: str | os.PathLike = "results", *, strict: bool = False, status: str | None = None):
+def load_results(root: str | os.PathLike = "results", *, strict: bool = False,
+                 status: str | None = None):
     """One row per cell x task (primary metric); columns RESULT_COLUMNS (docs/results-schema.md).
     Broken record files are skipped with a message naming them (`strict=True` raises)."""
     import pandas as pd
@@ -297,7 +287,8 @@ def load_samples(root: str | os.PathLike = "results", *, strict: bool = False):
 
     rows = []
     for rec in iter_records(root, strict=strict):
-        for task, samples in (rec.get("samples") or {}).items():
+        for task, samples in rec.samples.items():
             for s in samples or []:
-                rows.append({"cell_id": rec["cell_id"], "task": task, **{c: s.get(c) for c in SAMPLE_COLUMNS[2:]}})
+                rows.append({"cell_id": rec.cell_id, "task": task,
+                             **{c: s.get(c) for c in SAMPLE_COLUMNS[2:]}})
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)

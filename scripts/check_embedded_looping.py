@@ -6,7 +6,7 @@
 Independent of `looping/` on purpose (a reference the demo grid can be compared with): embed, run
 layers [0, s), loop the window block g = L_{e-1} o ... o L_s with the chosen integrator, run
 layers [e, L), final norm, lm_head; score each option's summed log-probability like lm-eval's
-`acc`. Strategies (DESIGN.md): naive x <- g(x); euler x <- x + (g(x) - x)/K; anchored
+`acc`. Strategies (docs/design.md): naive x <- g(x); euler x <- x + (g(x) - x)/K; anchored
 0.5 g(x0) + 0.5 E_K(x0). Prints accuracy with a Wilson 95% interval and, against the plain model,
 the paired difference with an exact two-sided McNemar (sign) test on the discordant items.
 """

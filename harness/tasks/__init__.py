@@ -188,5 +188,37 @@ def task_manager(include_defaults: bool = False, extra_paths=(), **kwargs):
                        include_defaults=include_defaults, **kwargs)
 
 
-__all__ = ["FIXTURE_TASKS", "FIXTURE_GROUPS", "PAPER_SHOTS", "cli_tasks_dir", "fixture_dir", "include_paths",
-           "installed_yaml", "lm_eval_tasks_dir", "task_manager"]
+_MANAGERS: dict[tuple, object] = {}
+
+
+def manager_for(tasks=(), include_path: str | None = None):
+    """THE TaskManager for `tasks` (the one place that chooses it): the project's local tasks
+    (fixtures, embedded tasks) plus `include_path` when they know every task, else the same plus
+    lm-eval's own index (~12 s to build; once per process). Unknown tasks raise a ValueError
+    naming the closest task names."""
+    tasks = list(tasks)
+    extra = (include_path,) if include_path else ()
+    key = (include_path, tuple(tasks))
+    if key in _MANAGERS:
+        return _MANAGERS[key]
+    local = _MANAGERS.get(("__local__", include_path))
+    if local is None:
+        local = _MANAGERS[("__local__", include_path)] = task_manager(extra_paths=extra)
+    tm = local
+    if not all(t in local.task_index for t in tasks):
+        tm = _MANAGERS.get(("__defaults__", include_path))
+        if tm is None:
+            tm = _MANAGERS[("__defaults__", include_path)] = task_manager(include_defaults=True,
+                                                                         extra_paths=extra)
+    unknown = [t for t in tasks if t not in tm.task_index]
+    if unknown:
+        import difflib
+        close = difflib.get_close_matches(unknown[0], tm.all_tasks, n=3)
+        raise ValueError(f"unknown lm-eval task {unknown[0]!r}"
+                         + (f"; did you mean {close}?" if close else ""))
+    _MANAGERS[key] = tm
+    return tm
+
+
+__all__ = ["FIXTURE_TASKS", "FIXTURE_GROUPS", "PAPER_SHOTS", "cli_tasks_dir", "fixture_dir",
+           "include_paths", "installed_yaml", "lm_eval_tasks_dir", "manager_for", "task_manager"]

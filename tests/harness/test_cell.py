@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness import store as st
-from harness.cell import ID_FIELDS, CellSpec, ModelCache, cell_id, run_cell, run_cells
+from harness.run import ModelCache, run_cell, run_cells
+from harness.spec import ID_FIELDS, CellSpec, cell_id
 from looping import LoopConfig
 
 HERE = Path(__file__).parent
@@ -60,7 +61,7 @@ def offline(monkeypatch):
 
 
 def tiny_spec(tiny_dir, task_dir, **kw):
-    from harness.cell import task_version, weights_hash
+    from harness.spec import task_version, weights_hash
     base = dict(model=str(tiny_dir), weights_hash=weights_hash(tiny_dir), dtype="float32",
                 attn_implementation="sdpa", task="sweep_fx_mc",
                 task_version=task_version(["sweep_fx_mc"], str(task_dir)), include_path=str(task_dir),
@@ -145,7 +146,7 @@ def test_baseline_is_keyed_by_the_non_loop_fields():
 
 
 def test_weights_hash_follows_content(tmp_path, tiny_dir):
-    from harness.cell import weights_hash
+    from harness.spec import weights_hash
     import shutil
     copy = tmp_path / "copy"
     shutil.copytree(tiny_dir, copy)

@@ -1,18 +1,21 @@
-"""Every config under configs/ composes; presets agree with LoopConfig, the recipes and the paper's
-window table; every experiment composes with the Slurm launcher (compose only, nothing submitted)."""
+"""Every config under harness/configs/ composes; presets agree with LoopConfig, the recipes and the
+paper's window table; every experiment composes with the Slurm launcher (compose only, nothing
+submitted)."""
 import csv
 import dataclasses
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
+
+from harness.config import CONFIG_DIR, hydra_session
 
 from looping import RECIPES, LoopConfig
 from looping.config import WindowSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
+CONFIGS = CONFIG_DIR
 LOOP_FIELDS = {f.name for f in dataclasses.fields(LoopConfig)}
 
 
@@ -22,7 +25,7 @@ def options(group):
 
 @pytest.fixture(scope="module")
 def hydra_ctx():
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name="test"):
+    with hydra_session(job_name="test"):         # the config dir + the nodes generated from looping
         yield
 
 
@@ -56,8 +59,8 @@ def test_every_config_file_composes(hydra_ctx, name):
     if cfg.loop is not None:
         loop = OmegaConf.to_container(cfg.loop, resolve=True)
         assert set(loop) <= LOOP_FIELDS, f"{name}: unknown loop keys {set(loop) - LOOP_FIELDS}"
-    if group == "hydra/launcher":
-        assert cfg.hydra.launcher._target_
+    if group == "launcher":
+        assert cfg.launcher.kind
 
 
 @pytest.mark.parametrize("option", [o for o in options("loop") if o != "baseline"])
@@ -140,10 +143,10 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
     header = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:15]
     assert any(f"python sweep.py experiment={experiment}" in line for line in header), \
         f"experiment/{experiment}.yaml: the header must give the exact command"
-    cfg = compose("sweep", overrides=[f"experiment={experiment}", "hydra/launcher=slurm"],
+    cfg = compose("sweep", overrides=[f"experiment={experiment}", "launcher=slurm"],
                   return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+    launcher = cfg.launcher
+    assert launcher.kind == "slurm"
     assert launcher.partition and launcher.gpus_per_node == 1 and launcher.array_parallelism > 0
     assert launcher.timeout_min > 0 and isinstance(list(launcher.setup), list)
     assert cfg.hydra.sweeper.params, f"experiment/{experiment}: no grid in hydra.sweeper.params"
@@ -153,14 +156,14 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     combos = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
     for combo in (combos[0], combos[-1]):
-        c = compose("sweep", overrides=[f"experiment={experiment}", "hydra/launcher=slurm"] + combo)
+        c = compose("sweep", overrides=[f"experiment={experiment}", "launcher=slurm"] + combo)
         if c.loop is not None:
             LoopConfig.from_dict(OmegaConf.to_container(c.loop, resolve=True))
 
 
 def test_submitit_local_launcher_composes(hydra_ctx):
-    cfg = compose("sweep", overrides=["hydra/launcher=submitit_local"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
+    cfg = compose("sweep", overrides=["launcher=submitit_local"], return_hydra_config=True)
+    assert cfg.launcher.kind == "submitit_local"
 
 
 def test_fixture_presets_name_local_tasks(hydra_ctx):

@@ -32,7 +32,7 @@ def _cell(rows, task, k, integrator, window):
 
 
 def test_demo_grid_is_the_committed_one(rows):
-    demo = yaml.safe_load((ROOT / "configs" / "experiment" / "demo.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "harness" / "configs" / "experiment" / "demo.yaml").read_text())
     params = demo["hydra"]["sweeper"]["params"]
     windows = {"%d:%d" % WindowSpec.parse(w).layers(8) for w in params["loop.window"].split(",")}
     assert {r["window"] for r in rows} == windows
@@ -57,7 +57,7 @@ def test_readme_table_is_the_committed_csv(rows):
 
 
 def test_demo_shows_the_papers_qualitative_result(rows):
-    """Issue 7: naive at K = 6 is below the baseline with a paired CI excluding 0 (README: from
+    """Naive at K = 6 is below the baseline with a paired CI excluding 0 (README: from
     K = 3 on); euler / anchored have a CI that includes 0 or lies above it at every K."""
     assert rows
     for r in rows:

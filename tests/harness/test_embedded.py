@@ -89,7 +89,7 @@ def test_mc_task_items(corpus):
 
 def test_gen_task_items(corpus):
     items = _items(GEN)
-    assert len(items) >= 150  # the 200-item floor is the MC task's (issue 7); gen keeps the demo fast
+    assert len(items) >= 150  # the 200-item floor is the MC task's; gen keeps the demo fast
     seen = embedded.training_lines(corpus)
     for it in items:
         line = it["source_line"]

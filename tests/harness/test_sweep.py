@@ -134,7 +134,7 @@ def test_submitit_local_same_records_and_one_shared_baseline(basic_grid, tiny_di
     for f in results:
         status, ret = pickle.loads(f.read_bytes())
         assert status == "success"
-        summary = ret.return_value
+        summary = ret                          # run_job's summary
         computed += summary["done"]
         assert baseline in summary["done"] + summary["busy"] + summary["skipped"]
     assert computed.count(baseline) == 1

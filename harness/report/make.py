@@ -1,0 +1,95 @@
+"""report.make: the report's files from a results store. The one entry point; the command line
+(`scripts/make_report.py`) and the sweep driver (`report=true`) both call `make_report`.
+
+    make_report("results")                            # tables in results/, figures in figures/
+    make_report(store, figures="figs", cell_ids=grid_ids)    # only these cells (and nothing else)
+
+Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
+given); every table and figure is a pure function (harness.report.tables, harness.plots); this
+module only does the I/O. A table or figure whose inputs are absent is skipped and named with the
+reason (in the log and in `<out>/report.md`); an incomplete grid never makes it fail.
+
+Outputs, for each table NAME: `<out>/NAME.md`, `<out>/NAME.csv` (the numeric frame, every column),
+`<out>/NAME.tex`; for each figure NAME: `<figures>/NAME.png`, `.pdf` and `.csv` (exactly the frame
+plotted); and `<out>/report.md`, all tables in one file with the list of what was skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .reference import load_reference
+from .render import to_latex, to_markdown
+from .tables import build_tables
+
+
+def make_report(root: str | Path = "results", out: str | Path | None = None,
+                figures: str | Path = "figures", *, n_boot: int = 2000, seed: int = 0,
+                holm_adjust: bool = True, select_docs=None, reference: bool = True,
+                cell_ids: Iterable[str] | None = None, log=print) -> dict:
+    """Load the store at `root` (only the records in `cell_ids` when given), write every table to
+    `out` (default: `root`) and every figure to `figures`. Returns {'written': [paths],
+    'skipped': {name: reason}}."""
+    from harness import plots, store
+
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    figures = Path(figures)
+    out.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    results = store.load_results(root)
+    samples = store.load_samples(root)
+    scope = f"`{root}`"
+    if cell_ids is not None:
+        keep = set(cell_ids)
+        found = len(keep & set(results["cell_id"]))
+        results = results[results["cell_id"].isin(keep)].reset_index(drop=True)
+        samples = samples[samples["cell_id"].isin(keep)].reset_index(drop=True)
+        scope += (f" restricted to the {len(keep)} requested cells" if found == len(keep) else
+                  f" restricted to {found} of {len(keep)} requested cells (the rest have no "
+                  f"record)")
+    n_ok = int((results["status"] == "ok").sum()) if len(results) else 0
+    log(f"[report] {len(results)} result rows ({n_ok} ok), {len(samples)} sample rows from "
+        f"{scope}")
+    ref = load_reference() if reference else None
+    tables = build_tables(results, samples, reference=ref, holm_adjust=holm_adjust,
+                          select_docs=select_docs, n_boot=n_boot, seed=seed)
+    written, skipped = [], {}
+    sections = [f"# Report\n\nStore: {scope} ({len(results)} result rows, {len(samples)} sample "
+                f"rows). Deltas are looped - baseline in percentage points; CIs are paired "
+                f"bootstrap 95% ({n_boot} resamples, seed {seed}); p = exact McNemar"
+                + (", p_holm = Holm-adjusted within each table" if holm_adjust else "") + ".\n"]
+    for t in tables:
+        if t.skipped:
+            skipped[t.name] = t.skipped
+            log(f"[report] skipped table {t.name}: {t.skipped}")
+            continue
+        t.frame.to_csv(out / f"{t.name}.csv", index=False)
+        md = to_markdown(t.display)
+        (out / f"{t.name}.md").write_text(f"## {t.title}\n\n{md}")
+        (out / f"{t.name}.tex").write_text(to_latex(t.display, caption=t.title,
+                                                    label=f"tab:{t.name}"))
+        written += [out / f"{t.name}.{ext}" for ext in ("csv", "md", "tex")]
+        sections.append(f"## {t.title}\n\n`{t.name}.csv` / `.md` / `.tex`\n\n{md}")
+    by_name = {t.name: t for t in tables}
+    for fig_name, (table_name, fn) in plots.FIGURES.items():
+        t = by_name.get(table_name)
+        if t is None or t.skipped or t.frame is None or t.frame.empty:
+            reason = f"its table {table_name} was skipped" + (
+                f" ({t.skipped})" if t is not None and t.skipped else "")
+            skipped[f"figure:{fig_name}"] = reason
+            log(f"[report] skipped figure {fig_name}: {reason}")
+            continue
+        fig = fn(t.frame)
+        t.frame.to_csv(figures / f"{fig_name}.csv", index=False)
+        for ext in ("png", "pdf"):
+            fig.savefig(figures / f"{fig_name}.{ext}")
+        written += [figures / f"{fig_name}.{ext}" for ext in ("csv", "png", "pdf")]
+    if skipped:
+        sections.append("## Skipped\n\n" + "\n".join(f"- {k}: {v}" for k, v in skipped.items())
+                        + "\n")
+    (out / "report.md").write_text("\n".join(sections))
+    written.append(out / "report.md")
+    log(f"[report] wrote {len(written)} files: tables in {out}, figures in {figures}"
+        + (f"; skipped {len(skipped)}" if skipped else ""))
+    return {"written": written, "skipped": skipped}

@@ -1,0 +1,289 @@
+"""run: computing cells in this process.
+
+    result = run_cell(spec, store="results")        # -> CellResult; results/cells/<cell_id>.json
+    run_cells([(spec, label), ...], store="results")   # one model cache, one progress line per cell
+    run_job(job)                                    # a launcher job: its cells, its settings
+
+Owns: the in-process model cache (one model loaded at a time, reused by every cell that shares
+it), loading a model, one lm-eval call per cell through the project's adapter, and `run_cell` /
+`run_cells` / `run_job`: skip `ok` records, retry failed ones, a per-cell lock so concurrent jobs
+never compute a cell twice, a per-cell lm-eval request cache so a preempted cell resumes its
+finished requests. The record itself is `harness.record`'s.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import store as _store
+from .record import CellRecord, build_record
+from .spec import CellSpec, cell_id, describe
+
+
+# ---- the model cache ---------------------------------------------------------------------------
+class ModelCache:
+    """Holds at most one loaded (model, tokenizer); cells of the same model reuse it. Loading a
+    different model frees the previous one first (a 30B model and a second one never coexist)."""
+
+    def __init__(self):
+        self.key = None
+        self.model = None
+        self.tokenizer = None
+        self.loads = 0
+
+    def get(self, spec: CellSpec, device: str):
+        key = spec.model_key() + (device,)
+        if key != self.key:
+            self.clear()
+            self.model, self.tokenizer = load_model(spec, device)
+            self.key = key
+            self.loads += 1
+        return self.model, self.tokenizer
+
+    def clear(self):
+        self.model = self.tokenizer = self.key = None
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+def load_model(spec: CellSpec, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    dtype = getattr(torch, spec.dtype) if spec.dtype not in (None, "auto") else "auto"
+    mkw = dict(kw, dtype=dtype)
+    if spec.attn_implementation:
+        mkw["attn_implementation"] = spec.attn_implementation
+    if str(device).startswith("cuda"):
+        mkw["device_map"] = device
+    print(f"[loopsweep] loading {spec.model_name or spec.model} ({spec.model}, {spec.dtype}) on "
+          f"{device}", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(spec.model, **mkw)
+    if not str(device).startswith("cuda"):
+        model = model.to(device)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(spec.model, **kw)
+    return model, tok
+
+
+def default_device(device: str | None = None) -> str:
+    if device:
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- one cell ----------------------------------------------------------------------------------
+@dataclass
+class CellResult:
+    cell_id: str
+    status: str         # ok | failed | oom (computed or found); busy: another process has it
+    computed: bool              # computed in this call (False: skipped or busy)
+    path: Path
+    record: CellRecord | None = None
+    wall_time_s: float = 0.0
+
+    @property
+    def error(self) -> str | None:
+        return self.record.error if self.record is not None else None
+
+
+def _peak_mem(device: str) -> int | None:
+    try:
+        import torch
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+    except Exception:
+        pass
+    try:
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024   # process peak RSS
+    except Exception:
+        return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except Exception:
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def make_lm(spec: CellSpec, model, tokenizer):
+    """The adapter over an already loaded model, looped as the spec says (plain for a baseline)."""
+    from harness.adapter import LoopedLM
+
+    return LoopedLM(pretrained=model, tokenizer=tokenizer, loop=spec.loop,
+                    batch_size=spec.batch_size, max_length=spec.max_length)
+
+
+def evaluate_spec(spec: CellSpec, lm, *, cache_path: str | None, allow_code_eval: bool) -> dict:
+    """One lm-eval call for the spec's task(s) through the project's adapter: lm-eval's results
+    dict (with samples)."""
+    from harness.adapter import evaluate
+    from harness.tasks import manager_for
+
+    if spec.unsafe_code and not allow_code_eval:
+        raise PermissionError(
+            f"task {spec.task_name or spec.task} executes model-written code; run with "
+            f"allow_code_eval=true to allow it (sets HF_ALLOW_CODE_EVAL=1 and "
+            f"confirm_run_unsafe_code)")
+    if spec.unsafe_code:
+        os.environ["HF_ALLOW_CODE_EVAL"] = "1"
+    kwargs = dict(
+        task_manager=manager_for(spec.tasks, spec.include_path), num_fewshot=spec.num_fewshot,
+        limit=spec.limit, apply_chat_template=spec.apply_chat_template,
+        fewshot_as_multiturn=spec.fewshot_as_multiturn, system_instruction=spec.system_instruction,
+        gen_kwargs=spec.gen_kwargs, random_seed=spec.seed, numpy_random_seed=spec.seed,
+        torch_random_seed=spec.seed, fewshot_random_seed=spec.fewshot_seed, log_samples=True,
+        use_cache=cache_path,
+    )
+    if spec.unsafe_code:
+        kwargs["confirm_run_unsafe_code"] = True
+    return evaluate(lm, spec.tasks, **kwargs)
+
+
+def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
+             models: ModelCache | None = None, force: bool = False, device: str | None = None,
+             allow_code_eval: bool = False, lock_stale_s: float = 86400, tracker=None,
+             label: str = "", log=print) -> CellResult:
+    """Compute one cell unless its record is already `ok` (force=True recomputes). Failed / oom
+    records are retried. Returns without computing when another live process holds the cell's
+    lock (status 'busy'). The record is written atomically; the lm-eval request cache under
+    <store>/cache/<cell_id> lets an interrupted cell resume its finished requests."""
+    cid = cell_id(spec)
+    path = _store.record_path(store, cid)
+    prev = _store.status_of(store, cid)
+    if prev == "ok" and not force:
+        return CellResult(cid, "ok", False, path, None)
+    with _store.cell_lock(store, cid, stale_s=lock_stale_s) as mine:
+        if not mine:
+            return CellResult(cid, "busy", False, path, None)
+        if not force and _store.status_of(store, cid) == "ok":   # finished while we waited
+            return CellResult(cid, "ok", False, path, None)
+        models = models or ModelCache()
+        device = default_device(device)
+        cache = _store.cache_dir(store, cid)
+        cache.mkdir(parents=True, exist_ok=True)
+        if force:
+            for f in cache.glob("*"):
+                f.unlink()
+        t0 = time.perf_counter()
+        lm = results = None
+        status, error = "ok", None
+        try:
+            try:
+                import torch
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+            except Exception:
+                pass
+            model, tok = models.get(spec, device)
+            lm = make_lm(spec, model, tok)
+            results = evaluate_spec(spec, lm, cache_path=str(cache / "lm"),
+                                    allow_code_eval=allow_code_eval)
+        except BaseException as e:       # noqa: BLE001 - a failed cell is a record, not a crash
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            status = "oom" if _is_oom(e) else "failed"
+            error = "".join(traceback.format_exception(e))
+        wall = time.perf_counter() - t0
+        try:
+            record = build_record(spec, results, status=status, error=error, wall_time_s=wall,
+                                  device=device, lm=lm, peak_mem_bytes=_peak_mem(device))
+        except Exception as e:
+            status, error = "failed", "".join(traceback.format_exception(e))
+            record = build_record(spec, None, status=status, error=error, wall_time_s=wall,
+                                  device=device, peak_mem_bytes=_peak_mem(device))
+        _store.write_record(store, record)
+        if status == "ok":
+            for f in cache.glob("*"):
+                f.unlink()
+            try:
+                cache.rmdir()
+            except OSError:
+                pass
+        if status == "oom":
+            models.clear()
+        if tracker is not None:
+            tracker.log_cell(record, name=label or describe(spec))
+        return CellResult(cid, status, True, path, record, wall)
+
+
+# ---- a list of cells in one process ------------------------------------------------------------
+def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "results",
+              force: bool = False, device: str | None = None, allow_code_eval: bool = False,
+              lock_stale_s: float = 86400, tracker=None, log=print,
+              models: ModelCache | None = None) -> dict[str, list[str]]:
+    """Run (spec, label) cells in order in this process with one shared model cache; prints one
+    progress line per cell. Returns {'done': [...], 'skipped': [...], 'busy': [...],
+    'failed': [...]} of cell ids."""
+    models = models or ModelCache()
+    summary = {"done": [], "skipped": [], "busy": [], "failed": []}
+    n = len(cells)
+    for i, (spec, label) in enumerate(cells, 1):
+        cid = cell_id(spec)
+        head = f"[cell {i}/{n}] {cid} {describe(spec)}"
+        if not force and _store.status_of(store, cid) == "ok":
+            log(f"{head}: skip (already ok)", flush=True)
+            summary["skipped"].append(cid)
+            continue
+        log(f"{head}: computing ...", flush=True)
+        r = run_cell(spec, store=store, models=models, force=force, device=device,
+                     allow_code_eval=allow_code_eval, lock_stale_s=lock_stale_s, tracker=tracker,
+                     label=label, log=log)
+        if r.status == "busy":
+            log(f"{head}: skip (another process is computing it)", flush=True)
+            summary["busy"].append(cid)
+        elif not r.computed:
+            log(f"{head}: skip (finished by another process)", flush=True)
+            summary["skipped"].append(cid)
+        elif r.status == "ok":
+            vals = ", ".join(f"{t}={(m or {}).get(spec.metric, float('nan')):.4f}"
+                             for t, m in r.record.metrics.items()
+                             if isinstance((m or {}).get(spec.metric), (int, float)))
+            log(f"{head}: ok in {r.wall_time_s:.1f}s  {spec.metric}: {vals}", flush=True)
+            summary["done"].append(cid)
+        else:
+            last = (r.error or "").strip().splitlines()[-1:] or [""]
+            log(f"{head}: {r.status.upper()} in {r.wall_time_s:.1f}s: {last[0]}", flush=True)
+            summary["failed"].append(cid)
+    return summary
+
+
+# ---- a launcher job ----------------------------------------------------------------------------
+def run_job(job: Mapping[str, Any] | str | os.PathLike, *, models: ModelCache | None = None
+            ) -> dict[str, list[str]]:
+    """Run one job: a mapping (or the path of its JSON file, as launchers pass it) with the
+    settings `grid_id, store, force, device, allow_code_eval, lock_stale_s, wandb` and `cells`
+    (`{cell_id, label, spec}` each, in run order). Returns run_cells' summary."""
+    from .tracking import Tracker
+
+    if not isinstance(job, Mapping):
+        job = json.loads(Path(job).read_text())
+    cells = [(CellSpec.from_dict(c["spec"]), c["label"]) for c in job["cells"]]
+    store = job["store"]
+    tracker = Tracker.from_config(job.get("wandb"), group=job["grid_id"],
+                                  dir=Path(store) / "wandb")
+    summary = run_cells(cells, store=store, force=job["force"], device=job.get("device"),
+                        allow_code_eval=job["allow_code_eval"], lock_stale_s=job["lock_stale_s"],
+                        tracker=tracker, models=models)
+    print(f"[loopsweep] job done: {len(summary['done'])} computed, {len(summary['skipped'])} "
+          f"skipped, {len(summary['busy'])} left to another process, {len(summary['failed'])} "
+          f"failed", flush=True)
+    return summary
