@@ -172,6 +172,7 @@ class LoopedLM(HFLM):
         check_hf_kwargs(pretrained, hf_kwargs)
         super().__init__(pretrained=pretrained, **hf_kwargs)
         self.handle = None
+        self.shared = None      # (SharedPass, setting index) when a sweep scores cells together
         if self.loop_config is not None:
             if self.AUTO_MODEL_CLASS is not transformers.AutoModelForCausalLM:
                 raise ModelArgsError("looping applies to decoder-only (causal) models only; this model "
@@ -191,6 +192,39 @@ class LoopedLM(HFLM):
             # use_cache=False: scoring needs no KV cache (HFLM's call would build one, and with
             # kv='last' run a stash pass for it).
             return self.model(inps, use_cache=False).logits
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                              override_bs: int | None = None):
+        """HFLM's answers (same batching) with the head only at the continuation positions
+        (harness.scoring); from the sweep's shared pass when this cell belongs to one."""
+        bs = override_bs or self.batch_size
+        if self.backend != "causal" or bs == "auto" or str(bs).startswith("auto"):
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        from harness.scoring import loglikelihoods
+
+        answers = None
+        if self.shared is not None:
+            shared, index = self.shared
+            answers = shared.get(index, self, requests, int(bs), progress=not disable_tqdm)
+        if answers is None:
+            answers = loglikelihoods(
+                self.model, requests, [self.handle], batch_size=int(bs),
+                max_length=self.max_length, logits_cache=self.logits_cache,
+                softmax_dtype=self.softmax_dtype, autocast_dtype=self.mixed_precision_dtype,
+                progress=not disable_tqdm)[0]
+        for (request_str, _, _), answer in zip(requests, answers):
+            if request_str is not None:       # rolling windows are cached by lm-eval itself
+                self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return answers
+
+    def share(self, shared, index: int) -> None:
+        """Score loglikelihood requests from a shared pass (harness.scoring.SharedPass) as its
+        setting `index`; this LM's loop handle becomes the pass's handle of that setting."""
+        handle = shared.handle(index, self.model)
+        if (handle is None) != (self.handle is None) or (
+                handle is not None and handle.config != self.handle.config):
+            raise ValueError("LoopedLM.share: the shared pass's setting is not this LM's loop")
+        self.shared, self.handle = (shared, index), handle
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         with self._looping():

@@ -33,7 +33,7 @@ from .spec import CellSpec, cell_id, loop_text, spec_from_config
 
 # Keys that do not describe a cell: kept out of the cells' labels.
 META_KEYS = ("hydra", "store", "force", "baseline", "group_by", "dry_run", "report", "figures",
-             "allow_code_eval", "lock_stale_s", "device", "wandb", "launcher")
+             "allow_code_eval", "lock_stale_s", "device", "sharing", "wandb", "launcher")
 GROUP_BY = ("model", "cell")
 
 
@@ -108,18 +108,21 @@ class Settings:
     allow_code_eval: bool = False
     lock_stale_s: float = 86400
     device: str | None = None
+    sharing: bool = True
     wandb: dict = field(default_factory=dict)
     launcher: dict = field(default_factory=lambda: {"kind": "local"})
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Settings":
         c = {k: cfg[k] for k in ("store", "force", "baseline", "group_by", "dry_run", "report",
-                                 "figures", "allow_code_eval", "lock_stale_s", "device")}
+                                 "figures", "allow_code_eval", "lock_stale_s", "device",
+                                 "sharing")}
         out = cls(store=str(c["store"]), force=bool(c["force"]), baseline=bool(c["baseline"]),
                   group_by=str(c["group_by"]), dry_run=bool(c["dry_run"]),
                   report=bool(c["report"]), figures=str(c["figures"] or "figures"),
                   allow_code_eval=bool(c["allow_code_eval"]),
                   lock_stale_s=float(c["lock_stale_s"]), device=c["device"],
+                  sharing=bool(c["sharing"]),
                   wandb=OmegaConf.to_container(cfg.wandb, resolve=True),
                   launcher=OmegaConf.to_container(cfg.launcher, resolve=True))
         if out.group_by not in GROUP_BY:
@@ -190,9 +193,32 @@ class Plan:
         s = self.settings
         return {"grid_id": self.grid_id, "store": s.store, "force": s.force, "device": s.device,
                 "allow_code_eval": s.allow_code_eval, "lock_stale_s": s.lock_stale_s,
-                "wandb": s.wandb,
+                "sharing": s.sharing, "wandb": s.wandb,
                 "cells": [{"cell_id": c.cell_id, "label": c.label, "spec": c.spec.to_dict()}
                           for c in cells]}
+
+    def sharing(self) -> tuple[int, int, int]:
+        """(cells scored in shared passes, shared passes, cells scored alone) among the cells to
+        compute: cells with equal `share_key` whose tasks are loglikelihood ones share a pass
+        (harness.run.share_groups; generation requests are always computed per cell)."""
+        from harness.tasks import SHARED_OUTPUT_TYPES, output_types
+
+        if not self.settings.sharing:
+            return 0, 0, len(self.todo)
+        groups: dict[tuple, int] = {}
+        alone = 0
+        for c in self.todo:
+            try:
+                kinds = output_types(c.spec.tasks, c.spec.include_path)
+            except Exception:      # noqa: BLE001 - an unknown task fails at run time, not here
+                kinds = {"unknown"}
+            if kinds and kinds <= SHARED_OUTPUT_TYPES:
+                groups[c.spec.share_key()] = groups.get(c.spec.share_key(), 0) + 1
+            else:
+                alone += 1
+        shared = {k: n for k, n in groups.items() if n > 1}
+        alone += sum(n for n in groups.values() if n == 1)
+        return sum(shared.values()), len(shared), alone
 
     def jobs(self) -> list[dict]:
         """The launcher jobs of the cells to compute: one per model (group_by=model), or one per
@@ -352,6 +378,10 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"grid {plan.grid_id}: {len(plan.cells)} cells ({len(plan.cells) - n_base} "
                  f"looped + {n_base} baseline) over {plan.n_models} model(s); "
                  f"{len(plan.cells) - len(todo)} already ok; {total}")
+    if todo:
+        n_shared, passes_, alone = plan.sharing()
+        lines.append(f"scoring: {n_shared} cell(s) in {passes_} shared pass(es) + {alone} "
+                     f"separately" + ("" if plan.settings.sharing else " (sharing=false)"))
     if approx:
         lines.append("~ approximate: layer count from the model preset (n_layers); the model's "
                      "config is not available offline")

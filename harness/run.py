@@ -124,12 +124,35 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def make_lm(spec: CellSpec, model, tokenizer):
-    """The adapter over an already loaded model, looped as the spec says (plain for a baseline)."""
+def make_lm(spec: CellSpec, model, tokenizer, shared=None):
+    """The adapter over an already loaded model, looped as the spec says (plain for a baseline);
+    `shared` = (SharedPass, setting index) scores its loglikelihood requests in a shared pass."""
     from harness.adapter import LoopedLM
 
-    return LoopedLM(pretrained=model, tokenizer=tokenizer, loop=spec.loop,
-                    batch_size=spec.batch_size, max_length=spec.max_length)
+    lm = LoopedLM(pretrained=model, tokenizer=tokenizer, loop=spec.loop,
+                  batch_size=spec.batch_size, max_length=spec.max_length)
+    if shared is not None:
+        lm.share(*shared)
+    return lm
+
+
+def share_groups(cells: list[tuple[CellSpec, str]], todo: set[str]) -> dict[str, tuple]:
+    """cell id -> (SharedPass, setting index) for the cells in `todo` that share their requests
+    and batching with at least one other (CellSpec.share_key); the others score alone."""
+    from harness.scoring import SharedPass
+
+    groups: dict[tuple, list[CellSpec]] = {}
+    for spec, _ in cells:
+        if cell_id(spec) in todo:
+            groups.setdefault(spec.share_key(), []).append(spec)
+    out = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        shared = SharedPass([s.loop for s in members])
+        for i, s in enumerate(members):
+            out[cell_id(s)] = (shared, i)
+    return out
 
 
 def evaluate_spec(spec: CellSpec, lm, *, cache_path: str | None, allow_code_eval: bool) -> dict:
@@ -161,11 +184,13 @@ def evaluate_spec(spec: CellSpec, lm, *, cache_path: str | None, allow_code_eval
 def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
              models: ModelCache | None = None, force: bool = False, device: str | None = None,
              allow_code_eval: bool = False, lock_stale_s: float = 86400, tracker=None,
-             label: str = "", log=print) -> CellResult:
+             label: str = "", log=print, shared=None) -> CellResult:
     """Compute one cell unless its record is already `ok` (force=True recomputes). Failed / oom
     records are retried. Returns without computing when another live process holds the cell's
     lock (status 'busy'). The record is written atomically; the lm-eval request cache under
-    <store>/cache/<cell_id> lets an interrupted cell resume its finished requests."""
+    <store>/cache/<cell_id> lets an interrupted cell resume its finished requests. `shared` =
+    (SharedPass, index): its loglikelihood requests come from a pass shared with other cells; its
+    wall time then includes its share of that pass (by layer passes)."""
     cid = cell_id(spec)
     path = _store.record_path(store, cid)
     prev = _store.status_of(store, cid)
@@ -194,7 +219,8 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
             except Exception:
                 pass
             model, tok = models.get(spec, device)
-            lm = make_lm(spec, model, tok)
+            lm = make_lm(spec, model, tok, shared)
+            pass_before = shared[0].wall_time_s if shared is not None else None
             results = evaluate_spec(spec, lm, cache_path=str(cache / "lm"),
                                     allow_code_eval=allow_code_eval)
         except BaseException as e:       # noqa: BLE001 - a failed cell is a record, not a crash
@@ -203,6 +229,10 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
             status = "oom" if _is_oom(e) else "failed"
             error = "".join(traceback.format_exception(e))
         wall = time.perf_counter() - t0
+        if shared is not None and shared[0].wall_time_s is not None:
+            if pass_before is None:              # this cell ran the pass: keep only its share
+                wall -= shared[0].wall_time_s
+            wall += shared[0].share_of_time(shared[1])
         try:
             record = build_record(spec, results, status=status, error=error, wall_time_s=wall,
                                   device=device, lm=lm, peak_mem_bytes=_peak_mem(device))
@@ -229,13 +259,16 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
 def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "results",
               force: bool = False, device: str | None = None, allow_code_eval: bool = False,
               lock_stale_s: float = 86400, tracker=None, log=print,
-              models: ModelCache | None = None) -> dict[str, list[str]]:
+              models: ModelCache | None = None, sharing: bool = True) -> dict[str, list[str]]:
     """Run (spec, label) cells in order in this process with one shared model cache; prints one
-    progress line per cell. Returns {'done': [...], 'skipped': [...], 'busy': [...],
-    'failed': [...]} of cell ids."""
+    progress line per cell. With `sharing`, cells that share requests and batching score their
+    loglikelihood requests in one pass (share_groups). Returns {'done': [...], 'skipped': [...],
+    'busy': [...], 'failed': [...]} of cell ids."""
     models = models or ModelCache()
     summary = {"done": [], "skipped": [], "busy": [], "failed": []}
     n = len(cells)
+    todo = {cell_id(s) for s, _ in cells if force or _store.status_of(store, cell_id(s)) != "ok"}
+    groups = share_groups(cells, todo) if sharing else {}
     for i, (spec, label) in enumerate(cells, 1):
         cid = cell_id(spec)
         head = f"[cell {i}/{n}] {cid} {describe(spec)}"
@@ -246,7 +279,7 @@ def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "
         log(f"{head}: computing ...", flush=True)
         r = run_cell(spec, store=store, models=models, force=force, device=device,
                      allow_code_eval=allow_code_eval, lock_stale_s=lock_stale_s, tracker=tracker,
-                     label=label, log=log)
+                     label=label, log=log, shared=groups.get(cid))
         if r.status == "busy":
             log(f"{head}: skip (another process is computing it)", flush=True)
             summary["busy"].append(cid)
@@ -282,7 +315,7 @@ def run_job(job: Mapping[str, Any] | str | os.PathLike, *, models: ModelCache | 
                                   dir=Path(store) / "wandb")
     summary = run_cells(cells, store=store, force=job["force"], device=job.get("device"),
                         allow_code_eval=job["allow_code_eval"], lock_stale_s=job["lock_stale_s"],
-                        tracker=tracker, models=models)
+                        tracker=tracker, models=models, sharing=job.get("sharing", True))
     print(f"[loopsweep] job done: {len(summary['done'])} computed, {len(summary['skipped'])} "
           f"skipped, {len(summary['busy'])} left to another process, {len(summary['failed'])} "
           f"failed", flush=True)

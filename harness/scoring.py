@@ -4,6 +4,8 @@ windows.
 
     answers = loglikelihoods(model, requests, [None, cfg_a, cfg_b], batch_size=16, max_length=2048)
     answers[i]          # [(logprob, is_greedy), ...] for settings[i], in request order
+    shared = SharedPass([None, cfg_a, cfg_b])      # a sweep's cells: computed once, served to each
+    shared.get(1, lm, requests)                    # (the adapter's LoopedLM calls this)
 
 `requests` are what HFLM's `_loglikelihood_tokens` receives: `((context, continuation),
 context_tokens, continuation_tokens)`. Batching follows HFLM exactly (the same `Collator` order,
@@ -39,7 +41,7 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
-from looping import LoopConfig, looped
+from looping import LoopConfig, LoopHandle, looped
 from looping.prefix import capture_inputs, start_at
 
 Request = tuple  # ((context, continuation), context_tokens, continuation_tokens)
@@ -70,15 +72,17 @@ class _Setting:
     end: int | None = None           # window end whose natural pass is shared (block mode)
 
 
-def _plan(model, loops: Sequence[LoopConfig | None]) -> tuple[list[_Setting], list[int]]:
-    """Each setting's handle and shared states; the layers whose entering state a batch records."""
+def _plan(model, loops: Sequence) -> tuple[list[_Setting], list[int]]:
+    """Each setting's handle and shared states; the layers whose entering state a batch records.
+    A setting is None (the plain model), a LoopConfig, or a LoopHandle (not applied)."""
     settings, points = [], set()
     n_layers = None
     for cfg in loops:
         if cfg is None:
             settings.append(_Setting(None))
             continue
-        h = looped(model, cfg)
+        h = cfg if isinstance(cfg, LoopHandle) else looped(model, cfg)
+        cfg = h.config
         n_layers = h.resolved.n_layers
         s, e = h.resolved.start, h.resolved.end
         share_natural = (h.resolved.mode == "block" and e < n_layers
@@ -101,11 +105,13 @@ def _forward(model, ids, index, autocast_dtype) -> torch.Tensor:
 
 
 def loglikelihoods(model: torch.nn.Module, requests: Sequence[Request],
-                   loops: Sequence[LoopConfig | None], *, batch_size: int, max_length: int,
+                   loops: Sequence[LoopConfig | LoopHandle | None], *, batch_size: int,
+                   max_length: int,
                    logits_cache: bool = True, softmax_dtype=None, autocast_dtype=None,
                    progress: bool = True) -> list[list[tuple[float, bool]]]:
-    """Answer `requests` under every setting in `loops` (None = the plain model): one list of
-    (sum of continuation log-probs, continuation is greedy) per setting, in request order."""
+    """Answer `requests` under every setting in `loops` (None = the plain model; a LoopConfig, or
+    a LoopHandle that is not applied): one list of (sum of continuation log-probs, continuation
+    is greedy) per setting, in request order."""
     if not loops:
         return []
     settings, points = _plan(model, loops)
@@ -175,3 +181,63 @@ def _batch_logits(model, ids, index, settings: list[_Setting], points: list[int]
             with natural:
                 out.append(_forward(model, ids, index, autocast_dtype))
     return out
+
+
+def requests_key(requests: Sequence[Request]) -> str:
+    """A digest of a request list's token content (what the answers depend on)."""
+    import hashlib
+    h = hashlib.sha256()
+    for _, context, continuation in requests:
+        h.update(repr((tuple(context), tuple(continuation))).encode())
+    return h.hexdigest()
+
+
+class SharedPass:
+    """The loglikelihood answers of several settings of one model on one request list: computed
+    in one shared pass the first time any of them asks, then served to each (a sweep's cells
+    that share model, task and evaluation settings; `harness.run` forms the groups).
+
+    `get(i, lm, requests)` returns setting i's answers, or None when `requests` differ from the
+    list the pass was computed for (that cell then scores alone). The batching settings are the
+    asking adapter's (batch size, max length, logits_cache, softmax / autocast dtypes)."""
+
+    def __init__(self, loops: Sequence[LoopConfig | None]):
+        self.loops = list(loops)
+        self.handles: list | None = None
+        self.key: str | None = None
+        self.answers: list | None = None
+        self.wall_time_s: float | None = None
+        self.layer_passes: list[int] | None = None     # per setting, per token of a full forward
+
+    def handle(self, i: int, model):
+        """Setting i's LoopHandle on `model` (None for the plain model), made once."""
+        if self.handles is None:
+            self.handles = [None if cfg is None else looped(model, cfg) for cfg in self.loops]
+        return self.handles[i]
+
+    def get(self, i: int, lm, requests: Sequence[Request], batch_size: int,
+            progress: bool = True) -> list | None:
+        import time
+        key = requests_key(requests)
+        if self.answers is None:
+            handles = [self.handle(j, lm.model) for j in range(len(self.loops))]
+            t0 = time.perf_counter()
+            self.answers = loglikelihoods(
+                lm.model, requests, handles, batch_size=batch_size, max_length=lm.max_length,
+                logits_cache=lm.logits_cache, softmax_dtype=lm.softmax_dtype,
+                autocast_dtype=lm.mixed_precision_dtype, progress=progress)
+            self.wall_time_s = time.perf_counter() - t0
+            self.key = key
+        return self.answers[i] if key == self.key else None
+
+    def share_of_time(self, i: int) -> float:
+        """Setting i's share of the pass's wall time, in proportion to the layer passes per token
+        it would cost alone (the plain model: the layer count)."""
+        if not self.wall_time_s or self.handles is None:
+            return 0.0
+        costs = []
+        for h in self.handles:
+            costs.append(h.resolved.layer_passes if h is not None else None)
+        n_layers = next((h.resolved.n_layers for h in self.handles if h is not None), 1)
+        costs = [n_layers if c is None else c for c in costs]
+        return self.wall_time_s * costs[i] / sum(costs)

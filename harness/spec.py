@@ -126,6 +126,15 @@ class CellSpec:
         return (self.model, self.revision, self.weights_hash, self.dtype, self.attn_implementation,
                 self.trust_remote_code)
 
+    def share_key(self) -> tuple:
+        """Cells with equal keys get the same lm-eval requests and batching (same model, task,
+        shots, limit, prompt settings, batch size, max length, seeds): their loglikelihood
+        requests can be scored in one shared pass (harness.scoring.SharedPass)."""
+        return self.model_key() + (
+            self.task, self.task_version, self.num_fewshot, self.fewshot_seed, self.limit,
+            self.apply_chat_template, self.fewshot_as_multiturn, self.system_instruction,
+            self.gen_kwargs, self.max_length, self.batch_size, self.seed, self.include_path)
+
     def id_payload(self) -> dict:
         out = {}
         for name in ID_FIELDS:

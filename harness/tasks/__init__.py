@@ -220,5 +220,48 @@ def manager_for(tasks=(), include_path: str | None = None):
     return tm
 
 
-__all__ = ["FIXTURE_TASKS", "FIXTURE_GROUPS", "PAPER_SHOTS", "cli_tasks_dir", "fixture_dir",
+def output_types(tasks, include_path: str | None = None) -> set[str]:
+    """The lm-eval output types of `tasks` (groups and tags resolved to their members):
+    'multiple_choice' / 'loglikelihood' / 'loglikelihood_rolling' / 'generate_until';
+    'unknown' where a config cannot be read without building the task."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tm = manager_for(list(tasks), include_path)
+    out: set[str] = set()
+    seen: set[str] = set()
+
+    def visit(name):
+        if not isinstance(name, str):              # an inline task config in a group
+            out.add(name.get("output_type", "unknown") if isinstance(name, dict) else "unknown")
+            return
+        if name in seen:
+            return
+        seen.add(name)
+        entry = tm.task_index.get(name)
+        if entry is None:
+            out.add("unknown")
+            return
+        cfg = entry.cfg or {}
+        if not cfg and entry.yaml_path:
+            cfg = load_yaml(entry.yaml_path, resolve_func=False, recursive=True)
+        kind = getattr(entry.kind, "name", "")
+        if kind == "TAG":
+            for t, e in tm.task_index.items():
+                if name in (e.tags or ()):
+                    visit(t)
+        elif isinstance(cfg.get("task"), list):      # a group: its members
+            for m in cfg["task"]:
+                visit(m)
+        else:
+            out.add(cfg.get("output_type", "unknown"))
+    for t in tasks:
+        visit(t)
+    return out
+
+
+#: output types whose requests the shared scoring pass answers
+SHARED_OUTPUT_TYPES = frozenset({"multiple_choice", "loglikelihood", "loglikelihood_rolling"})
+
+
+__all__ = ["FIXTURE_TASKS", "SHARED_OUTPUT_TYPES", "output_types", "FIXTURE_GROUPS", "PAPER_SHOTS", "cli_tasks_dir", "fixture_dir",
            "include_paths", "installed_yaml", "lm_eval_tasks_dir", "manager_for", "task_manager"]
