@@ -280,6 +280,10 @@ def run_plan(plan, runner) -> int:
               f"allow_code_eval=true to run them", file=sys.stderr)
         return 2
     before = {c.cell_id: c.status for c in plan.cells}
+    if todo:
+        n_shared, passes, alone = plan.sharing()
+        print(f"[loopsweep] scoring: {n_shared} cell(s) in {passes} shared pass(es) + {alone} "
+              f"separately" + ("" if s.sharing else " (sharing=false)"), flush=True)
     if not todo:
         print(f"[loopsweep] nothing to compute: all {len(plan.cells)} cells are already ok "
               f"(force=true recomputes)", flush=True)

@@ -4,8 +4,11 @@
     runner.run(plan)                    # returns when every job has ended
 
 Runners:
-    local           this process: the plan's cells in order with one model cache (each model
-                    loads once), no job files
+    local           this machine: `workers=1`: this process, the plan's cells in order with one
+                    model cache (each model loads once); `workers=N`: N worker processes with one
+                    torch thread each, the cells split between them (a shared-scoring group stays
+                    in one worker); `workers=auto` (default): one per CPU core while the models'
+                    memory allows (see `auto_workers`)
     submitit_local  one local process per job through submitit (all at once): the Slurm code
                     path without a cluster
     slurm           ONE Slurm array through submitit, one task per job (group_by=model: per model)
@@ -17,6 +20,9 @@ submitted jobs.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -63,16 +69,130 @@ def wait(jobs: list, *, log: Callable = print) -> list:
     return out
 
 
+def model_bytes(plan: Plan) -> int | None:
+    """The largest model of the plan's cells to compute, in bytes of weights (from the models'
+    configs on the meta device, as the plan's costs), or None when unknown."""
+    from .plan import model_arch
+
+    sizes = []
+    for key in {c.spec.model_key() for c in plan.todo}:
+        spec = next(c.spec for c in plan.todo if c.spec.model_key() == key)
+        info = model_arch(spec, {}).info
+        if info is None:
+            return None
+        n = sum(p.numel() for p in info.decoder.parameters())   # the head is tied or small
+        dtype = {"float32": 4, "float64": 8}.get(str(spec.dtype), 2)
+        sizes.append(n * dtype)
+    return max(sizes) if sizes else 0
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_workers(plan: Plan, *, cores: int | None = None, log: Callable = print) -> int:
+    """One worker per CPU core (one torch thread each: measured faster than one process with a
+    thread per core, see docs/benchmarks.md), capped so that every worker's model copy plus room
+    for activations (3x the weights) fits in 60% of the available memory; 1 on a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    if cores is None:
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+    size, free = model_bytes(plan), available_memory()
+    if not size or not free:
+        return cores
+    fit = max(1, int(0.6 * free // (3 * size)))
+    if fit < cores:
+        log(f"[loopsweep] {fit} worker(s), not {cores}: a model copy of "
+            f"{size / 2**30:.1f} GiB per worker fits {fit} time(s) in the free memory", flush=True)
+    return min(cores, fit)
+
+
+def split_cells(plan: Plan, n: int) -> list[list]:
+    """The cells to compute in `n` parts of about equal cost (layer passes, x items when known);
+    the cells of one shared-scoring group (share_key) stay together, as do a model's cells where
+    the balance allows (each worker loads every model it meets)."""
+    units: dict[Any, list] = {}
+    for c in plan.todo:
+        key = c.spec.share_key() if plan.settings.sharing else c.cell_id
+        units.setdefault(key, []).append(c)
+
+    def cost(cells) -> float:
+        return sum((c.cost.layer_passes or 1) * (c.spec.limit or 1) for c in cells)
+    parts: list[list] = [[] for _ in range(n)]
+    for unit in sorted(units.values(), key=cost, reverse=True):
+        min(parts, key=cost).extend(unit)
+    order = {c.cell_id: i for i, c in enumerate(plan.todo)}
+    return [sorted(p, key=lambda c: order[c.cell_id]) for p in parts if p]
+
+
 class LocalRunner:
-    """Runs the plan's cells in this process, in plan order, with one model cache."""
+    """Runs the plan's cells on this machine: in this process (workers=1), or in worker
+    processes with one torch thread each (see the module docstring)."""
     kind = "local"
 
     def __init__(self, cfg: Mapping[str, Any]):
-        _check_keys(cfg, ())
+        _check_keys(cfg, ("workers",))
+        workers = cfg.get("workers", "auto")
+        if workers != "auto" and not (str(workers).isdigit() and int(workers) >= 1):
+            raise ValueError(f"launcher.workers={workers}: a number >= 1, or auto")
+        self.workers = workers
 
     def run(self, plan: Plan, *, log: Callable = print) -> list:
-        log(f"[loopsweep] running {len(plan.todo)} cell(s) in this process", flush=True)
-        return [run_job(plan.job(plan.todo))]
+        n = auto_workers(plan, log=log) if self.workers == "auto" else int(self.workers)
+        parts = split_cells(plan, n) if n > 1 else [plan.todo]
+        if len(parts) == 1:
+            log(f"[loopsweep] running {len(plan.todo)} cell(s) in this process", flush=True)
+            return [run_job(plan.job(plan.todo))]
+        return run_workers(plan, parts, log=log)
+
+
+def run_workers(plan: Plan, parts: list[list], *, log: Callable = print) -> list:
+    """Each part in its own process (`python -m harness.run JOB`), one torch thread each; their
+    output lines carry the worker's number. Returns per worker its exit code."""
+    folder = Path(plan.settings.store) / "plans" / plan.grid_id
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    procs = []
+    for w, cells in enumerate(parts):
+        path = st.write_json_atomic(folder / f"worker-{w}.json", plan.job(cells)).resolve()
+        procs.append(subprocess.Popen([sys.executable, "-u", "-m", "harness.run", str(path)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1))
+    log(f"[loopsweep] running {len(plan.todo)} cell(s) in {len(parts)} worker processes "
+        f"(one torch thread each): {', '.join(str(len(p)) for p in parts)} cells", flush=True)
+    import threading
+
+    def relay(w, proc):
+        for line in proc.stdout:
+            if line.startswith(("[cell", "[loopsweep]")) or "Error" in line:
+                log(f"[w{w}] {line.rstrip()}", flush=True)
+    threads = [threading.Thread(target=relay, args=(w, p), daemon=True)
+               for w, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    for t in threads:
+        t.join(5)
+    for w, code in enumerate(codes):
+        if code:
+            log(f"[loopsweep] worker {w} exited with {code}", flush=True)
+    return codes
 
 
 class SubmititRunner:

@@ -320,3 +320,9 @@ def run_job(job: Mapping[str, Any] | str | os.PathLike, *, models: ModelCache | 
           f"skipped, {len(summary['busy'])} left to another process, {len(summary['failed'])} "
           f"failed", flush=True)
     return summary
+
+
+if __name__ == "__main__":   # a worker process of the local launcher: python -m harness.run JOB
+    import sys
+
+    sys.exit(0 if not run_job(sys.argv[1])["failed"] else 1)
