@@ -129,6 +129,9 @@ def cli_tasks_dir() -> Path:
     (a copy of the embedded model's tasks). lm-eval's `--include_path` takes a single path; this
     is the one `loopsweep-eval` adds and `python -m harness.tasks` prints."""
     sources = {"fixtures": fixture_dir(), "embedded": EMBEDDED}
+    real = _real_task_dir()
+    if real is not None:              # the real-data tasks, once `loopsweep-assets fetch tasks` ran
+        sources["real"] = real
     files = {name: sorted(f for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
              for name, src in sources.items()}
     h = hashlib.sha256()
@@ -172,11 +175,21 @@ def _cached_dir(name: str, write) -> Path:
 
 
 def include_paths() -> list[str]:
-    """Every local task directory: the resolved fixtures, plus the embedded model's tasks."""
+    """Every local task directory: the resolved fixtures, the embedded model's tasks, and the
+    real-data tasks when their data is fetched (harness.tasks.real)."""
     paths = [str(fixture_dir())]
     if EMBEDDED.is_dir() and any(EMBEDDED.glob("**/*.yaml")):
         paths.append(str(EMBEDDED))
+    real = _real_task_dir()
+    if real is not None:
+        paths.append(str(real))
     return paths
+
+
+def _real_task_dir() -> Path | None:
+    """The real-data tasks (harness.tasks.real), or None while their data is not fetched."""
+    from harness.tasks.real import real_task_dir
+    return real_task_dir()
 
 
 def task_manager(include_defaults: bool = False, extra_paths=(), **kwargs):
