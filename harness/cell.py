@@ -208,9 +208,12 @@ def weights_hash(folder: str | os.PathLike, *, memo_file: str | os.PathLike | No
 
 
 def resolve_model_path(path: str) -> str:
-    """`embedded` -> the embedded model's folder (built on first use); anything else unchanged."""
+    """`embedded` -> the embedded model's folder (built on first use); a model asset name
+    (`smollm2-135m`, `gemma3-270m`: harness.assets) -> its fetched folder, or AssetMissing naming
+    the fetch command; anything else unchanged."""
     if path != EMBEDDED:
-        return path
+        from harness import assets
+        return assets.resolve_model(path) if assets.is_model_asset(path) else path
     try:
         from harness.embedded import embedded_model_path
     except ImportError as e:
@@ -244,6 +247,9 @@ def task_manager(tasks: Iterable[str] = (), include_path: str | None = None):
                                                                             extra_paths=extra)
     unknown = [t for t in tasks if t not in tm.task_index]
     if unknown:
+        from harness.tasks.real import missing_data_message
+        if (msg := missing_data_message(unknown)) is not None:
+            raise FileNotFoundError(msg)       # a real-data task before `loopsweep-assets fetch`
         import difflib
         close = difflib.get_close_matches(unknown[0], tm.all_tasks, n=3)
         raise ValueError(f"unknown lm-eval task {unknown[0]!r}" + (f"; did you mean {close}?" if close else ""))
@@ -530,7 +536,15 @@ def build_record(spec: CellSpec, results: dict | None, *, status: str, error: st
         "diagnostics": {"routing_change_rate": routing_change},
         "env": _env(device),
         "lm_eval_config": lm_eval_config,
+        "model_provenance": _model_provenance(spec.model),
     })
+
+
+def _model_provenance(path: str) -> dict | None:
+    """provenance.json of a model folder fetched by harness.assets (dequantised GGUF models: what
+    they are and where they came from); None for any other model."""
+    from harness.assets import read_provenance
+    return read_provenance(path)
 
 
 def describe(spec: CellSpec) -> str:
