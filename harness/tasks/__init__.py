@@ -12,7 +12,8 @@ installed lm-eval lives somewhere different on every machine. So the committed f
 templates with two placeholders, `@LM_EVAL_TASKS@` (the installed `lm_eval/tasks` directory) and
 `@DATA@` (this package's `fixtures/data`), and `fixture_dir()` writes the resolved YAMLs once into
 a cache directory keyed by both locations, the lm-eval version and the templates' and rows'
-content (`$LOOPSWEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/loopsweep`, else `~/.cache/loopsweep`).
+content (`$LOOPSWEEP_CACHE_DIR`, else `$LOOPSWEEP_HOME` (the asset cache of harness.assets), else
+`$XDG_CACHE_HOME/loopsweep`, else `~/.cache/loopsweep`).
 
     from harness.tasks import task_manager
     lm_eval.simple_evaluate(..., tasks=["fixture_commonsense_qa"], task_manager=task_manager())
@@ -76,7 +77,7 @@ def installed_yaml(fixture: str) -> Path:
 
 
 def _cache_root() -> Path:
-    env = os.environ.get("LOOPSWEEP_CACHE_DIR")
+    env = os.environ.get("LOOPSWEEP_CACHE_DIR") or os.environ.get("LOOPSWEEP_HOME")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
