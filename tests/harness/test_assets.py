@@ -365,3 +365,18 @@ def test_cli_rewrites_asset_names(home, monkeypatch):
     assert _with_assets(argv)[-1] == f'--model_args={{"pretrained": "{folder.resolve()}", "k": 3}}'
     argv = ["x", "--model_args", "pretrained=smollm2-135m-other,k=3"]
     assert _with_assets(argv) == argv
+
+
+@pytest.mark.parametrize("name", assets.MODEL_ASSETS)
+def test_model_presets_name_the_asset_and_its_caveat(name):
+    from hydra import compose, initialize_config_dir
+
+    from looping import WindowSpec
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        m = compose("sweep", overrides=[f"model={name}"]).model
+    a = assets.ASSETS[name]
+    assert m.path == name and assets.is_model_asset(m.path)
+    assert m.name == f"{name}-dequantised-from-GGUF-{a.quantisation}"   # in every table row
+    assert m.n_layers == a.expected["num_hidden_layers"] and m.dtype == "float32"
+    s, e = WindowSpec.parse(m.window).layers(m.n_layers)
+    assert abs((e - s) / m.n_layers - 4 / 36) < 0.015 and abs((s + e - 1) / 2 / m.n_layers - 0.5) < 0.04
