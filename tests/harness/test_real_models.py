@@ -66,7 +66,8 @@ def test_provenance(model):
     assert prov["model"]["num_hidden_layers"] == a.expected["num_hidden_layers"]
     assert prov["tokenizer"]["adds_bos"] is want["adds_bos"]
     # the files are the ones the provenance describes
-    gguf = folder / prov["gguf"]["file"]
+    gguf = folder / prov["gguf"]["path"]
+    assert gguf.parent.name == "gguf" and [p.name for p in gguf.parent.iterdir()] == [gguf.name]
     assert gguf.stat().st_size == prov["gguf"]["size"] and _sha256(gguf) == prov["gguf"]["sha256"]
     if a.gguf_sha256:
         assert prov["gguf"]["sha256"] == a.gguf_sha256
