@@ -330,10 +330,11 @@ def _short_reason(reason: str) -> str:
 def classify_pip_failure(output: str, wheel: Wheel) -> str:
     """One line for a failed `pip download -vv` of `wheel`, from pip's own log."""
     if "DO NOT MATCH THE HASHES" in output:
-        got = re.search(r"Got\s+([0-9a-f]{64})", output)
-        return (f"sha256 of {wheel.filename} differs from the pin (expected {wheel.sha256[:16]}..., "
-                f"got {got.group(1)[:16] + '...' if got else 'another value'}): a truncated, "
-                f"corrupted or replaced download; nothing was written")
+        m = re.search(r"Got\s+([0-9a-f]{64})", output)
+        got = m.group(1)[:16] + "..." if m else "another value"
+        return (f"sha256 of {wheel.filename} differs from the pin (expected "
+                f"{wheel.sha256[:16]}..., got {got}): a truncated, corrupted or replaced "
+                f"download; nothing was written")
     no_versions = ("Could not find a version that satisfies" in output
                    or "No matching distribution" in output)
     locs, why = _index_failures(output)

@@ -391,4 +391,5 @@ def test_model_presets_name_the_asset_and_its_caveat(name):
     assert m.name == f"{name}-dequantised-from-GGUF-{a.quantisation}"   # in every table row
     assert m.n_layers == a.expected["num_hidden_layers"] and m.dtype == "float32"
     s, e = WindowSpec.parse(m.window).layers(m.n_layers)
-    assert abs((e - s) / m.n_layers - 4 / 36) < 0.015 and abs((s + e - 1) / 2 / m.n_layers - 0.5) < 0.04
+    assert abs((e - s) / m.n_layers - 4 / 36) < 0.015                 # the paper's relative width
+    assert abs((s + e - 1) / 2 / m.n_layers - 0.5) < 0.04              # centred

