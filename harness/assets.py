@@ -335,6 +335,12 @@ def classify_pip_failure(output: str, wheel: Wheel) -> str:
         return (f"sha256 of {wheel.filename} differs from the pin (expected "
                 f"{wheel.sha256[:16]}..., got {got}): a truncated, corrupted or replaced "
                 f"download; nothing was written")
+    if "incomplete-download" in output or "not enough bytes were received" in output:
+        m = re.search(r"failed after (\d+) attempts because not enough bytes were received "
+                      r"\(([^)]*)\)", output)
+        got = f" ({m.group(2)} after {m.group(1)} attempts)" if m else ""
+        return (f"download of {wheel.filename} was cut short{got}: a truncated download; "
+                f"nothing was written")
     no_versions = ("Could not find a version that satisfies" in output
                    or "No matching distribution" in output)
     locs, why = _index_failures(output)
