@@ -169,6 +169,7 @@ class LoopedLM(HFLM):
         hf_kwargs = kwargs
         # everything is validated before HFLM touches config, tokenizer or weights
         self.loop_config: LoopConfig | None = loop_config_from_args(options, loop)
+        pretrained = _resolve_asset(pretrained)
         check_hf_kwargs(pretrained, hf_kwargs)
         super().__init__(pretrained=pretrained, **hf_kwargs)
         self.handle = None
@@ -248,6 +249,7 @@ class LoopedLM(HFLM):
         info = super().get_model_info()
         info["loop"] = self.loop_record
         info["loop_stats"] = None if self.handle is None else self.handle.stats.as_dict()
+        info["model_provenance"] = _provenance(self.model)
         return info
 
     # ---- lm-eval's response cache -----------------------------------------------------------
@@ -261,6 +263,19 @@ class LoopedLM(HFLM):
         if db is not None:
             bind_response_cache(db, self.cache_owner())
         super().set_cache_hook(cache_hook)
+
+
+def _resolve_asset(pretrained):
+    """`pretrained=smollm2-135m` (a model asset, harness.assets) -> its fetched folder; raises the
+    fetch command when it is absent. Anything else unchanged."""
+    from harness import assets
+    return assets.resolve_model(pretrained) if assets.is_model_asset(pretrained) else pretrained
+
+
+def _provenance(model) -> dict | None:
+    """provenance.json of the folder the model was loaded from (fetched assets), else None."""
+    from harness.assets import read_provenance
+    return read_provenance(getattr(model, "name_or_path", None) or "")
 
 
 def bind_response_cache(db, owner: str) -> None:

@@ -7,17 +7,21 @@ lm-eval 0.4.13 does not discover third-party models, so this script imports `har
 (whose `@register_model("looped")` registers the model) and hands over to
 `lm_eval.__main__.cli_evaluate`: every argument, subcommand and output is lm-eval's.
 
-Two additions, both outside lm-eval's argument parsing:
+Three additions, all outside lm-eval's argument parsing:
 - when the command line names no `--include_path`, the project's local tasks
   (`harness.tasks.cli_tasks_dir()`: the fixtures and the embedded model's tasks) are added, so
   `--tasks fixture_mmlu_pro` and `--tasks embedded_mc` work offline (lm-eval takes one
   `--include_path`: with your own, add these tasks to it yourself);
+- real models and data (`loopsweep-assets`, harness.assets): `pretrained=smollm2-135m` (or
+  `gemma3-270m`) in --model_args names the fetched, dequantised folder; a missing asset or a
+  real-data task (`local_*`) named before its fetch ends the run with the fetch command;
 - `--use_cache` is safe across loop settings: the adapter binds each response-cache db to the
   model and loop setting that first wrote it and refuses any other (see
   `harness.adapter.bind_response_cache`); with `--model hf` lm-eval's own behaviour is unchanged.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 
@@ -35,13 +39,54 @@ def _with_fixture_tasks(argv: list[str]) -> list[str]:
         return argv
 
 
+def _arg_value(argv: list[str], flag: str) -> tuple[int, str, str] | None:
+    """(index, value, prefix) of `--flag value` (prefix '') or `--flag=value` (prefix
+    '--flag=') in argv: `argv[index] == prefix + value`."""
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return i + 1, argv[i + 1], ""
+        if a.startswith(flag + "="):
+            return i, a[len(flag) + 1:], flag + "="
+    return None
+
+
+def _with_assets(argv: list[str]) -> list[str]:
+    """Real models and data (harness.assets): `pretrained=smollm2-135m` in --model_args becomes the
+    fetched folder (for any --model); a missing asset, or a real-data task (--tasks) named before
+    `loopsweep-assets fetch tasks`, ends the run here with one line naming the fetch command."""
+    from harness import assets
+    from harness.tasks.real import missing_data_message
+
+    tasks = _arg_value(argv, "--tasks")
+    if tasks is not None:
+        msg = missing_data_message(tasks[1].split(","))
+        if msg:
+            raise SystemExit(f"loopsweep-eval: {msg}")
+    found = _arg_value(argv, "--model_args")
+    if found is None:
+        return argv
+    i, body, prefix = found
+
+    def swap(m: re.Match) -> str:
+        try:
+            return m.group(1) + assets.resolve_model(m.group(2)) + m.group(3)
+        except assets.AssetError as e:
+            raise SystemExit(f"loopsweep-eval: {e}") from None
+    names = "|".join(re.escape(n) for n in assets.MODEL_ASSETS)
+    body = re.sub(rf'((?:^|,)\s*pretrained=|"pretrained"\s*:\s*")(?:asset:)?({names})(,|"|$)',
+                  swap, body)
+    out = list(argv)
+    out[i] = prefix + body
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import harness.adapter  # noqa: F401  registers `looped`
     from lm_eval.__main__ import cli_evaluate
 
     if argv is not None:
         sys.argv = [sys.argv[0] if sys.argv else "loopsweep-eval", *argv]
-    sys.argv = _with_fixture_tasks(list(sys.argv))
+    sys.argv = _with_fixture_tasks(_with_assets(list(sys.argv)))
     cli_evaluate()
 
 

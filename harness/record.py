@@ -52,6 +52,8 @@ class CellRecord:
     diagnostics: dict = field(default_factory=dict)     # routing_change_rate
     env: dict = field(default_factory=dict)             # package versions, git sha, device, host
     lm_eval_config: dict | None = None
+    model_provenance: dict | None = None        # what a fetched asset model is (harness.assets);
+                                                # written only when set
 
     def __post_init__(self):
         if not isinstance(self.cell_id, str) or not self.cell_id:
@@ -67,7 +69,7 @@ class CellRecord:
             if not isinstance(getattr(self, name), Mapping):
                 raise RecordError(f"record {name}: a mapping, not "
                                   f"{type(getattr(self, name)).__name__}")
-        for name in ("loop_resolved", "lm_eval_config"):
+        for name in ("loop_resolved", "lm_eval_config", "model_provenance"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, Mapping):
                 raise RecordError(f"record {name}: a mapping or null, not {type(v).__name__}")
@@ -101,8 +103,9 @@ class CellRecord:
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The JSON object, keys in schema order."""
-        return {name: getattr(self, name) for name in _ORDER}
+        """The JSON object, keys in schema order (optional keys only when set)."""
+        return {name: getattr(self, name) for name in _ORDER
+                if name not in OPTIONAL or getattr(self, name) is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, default=json_default, allow_nan=True)
@@ -140,7 +143,9 @@ class CellRecord:
 
 
 _ORDER = ("schema_version", "cell_id", "status", "error", "spec", "loop_resolved", "baseline_id",
-          "metrics", "primary_metric", "samples", "cost", "diagnostics", "env", "lm_eval_config")
+          "metrics", "primary_metric", "samples", "cost", "diagnostics", "env", "lm_eval_config",
+          "model_provenance")
+OPTIONAL = frozenset({"model_provenance"})
 _FIELDS = frozenset(f.name for f in dataclasses.fields(CellRecord))
 assert _FIELDS == set(_ORDER), "CellRecord's fields and the schema order must name the same keys"
 
@@ -242,4 +247,12 @@ def build_record(spec: CellSpec, results: dict | None, *, status: str, error: st
         "diagnostics": {"routing_change_rate": routing_change},
         "env": environment(device),
         "lm_eval_config": lm_eval_config,
+        "model_provenance": _model_provenance(spec.model),
     }))
+
+
+def _model_provenance(path: str) -> dict | None:
+    """provenance.json of a model folder fetched by harness.assets (dequantised GGUF models: what
+    they are and where they came from); None for any other model."""
+    from harness.assets import read_provenance
+    return read_provenance(path)

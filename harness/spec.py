@@ -228,9 +228,12 @@ def weights_hash(folder: str | os.PathLike, *, memo_file: str | os.PathLike | No
 
 
 def resolve_model_path(path: str) -> str:
-    """`embedded` -> the embedded model's folder (built on first use); anything else unchanged."""
+    """`embedded` -> the embedded model's folder (built on first use); a model asset name
+    (`smollm2-135m`, `gemma3-270m`: harness.assets) -> its fetched folder, or AssetMissing naming
+    the fetch command; anything else unchanged."""
     if path != EMBEDDED:
-        return path
+        from harness import assets
+        return assets.resolve_model(path) if assets.is_model_asset(path) else path
     try:
         from harness.embedded import embedded_model_path
     except ImportError as e:

@@ -12,7 +12,8 @@ installed lm-eval lives somewhere different on every machine. So the committed f
 templates with two placeholders, `@LM_EVAL_TASKS@` (the installed `lm_eval/tasks` directory) and
 `@DATA@` (this package's `fixtures/data`), and `fixture_dir()` writes the resolved YAMLs once into
 a cache directory keyed by both locations, the lm-eval version and the templates' and rows'
-content (`$LOOPSWEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/loopsweep`, else `~/.cache/loopsweep`).
+content (`$LOOPSWEEP_CACHE_DIR`, else `$LOOPSWEEP_HOME` (the asset cache of harness.assets), else
+`$XDG_CACHE_HOME/loopsweep`, else `~/.cache/loopsweep`).
 
     from harness.tasks import task_manager
     lm_eval.simple_evaluate(..., tasks=["fixture_commonsense_qa"], task_manager=task_manager())
@@ -76,7 +77,7 @@ def installed_yaml(fixture: str) -> Path:
 
 
 def _cache_root() -> Path:
-    env = os.environ.get("LOOPSWEEP_CACHE_DIR")
+    env = os.environ.get("LOOPSWEEP_CACHE_DIR") or os.environ.get("LOOPSWEEP_HOME")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -129,6 +130,9 @@ def cli_tasks_dir() -> Path:
     (a copy of the embedded model's tasks). lm-eval's `--include_path` takes a single path; this
     is the one `loopsweep-eval` adds and `python -m harness.tasks` prints."""
     sources = {"fixtures": fixture_dir(), "embedded": EMBEDDED}
+    real = _real_task_dir()
+    if real is not None:              # the real-data tasks, once `loopsweep-assets fetch tasks` ran
+        sources["real"] = real
     files = {name: sorted(f for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
              for name, src in sources.items()}
     h = hashlib.sha256()
@@ -172,11 +176,21 @@ def _cached_dir(name: str, write) -> Path:
 
 
 def include_paths() -> list[str]:
-    """Every local task directory: the resolved fixtures, plus the embedded model's tasks."""
+    """Every local task directory: the resolved fixtures, the embedded model's tasks, and the
+    real-data tasks when their data is fetched (harness.tasks.real)."""
     paths = [str(fixture_dir())]
     if EMBEDDED.is_dir() and any(EMBEDDED.glob("**/*.yaml")):
         paths.append(str(EMBEDDED))
+    real = _real_task_dir()
+    if real is not None:
+        paths.append(str(real))
     return paths
+
+
+def _real_task_dir() -> Path | None:
+    """The real-data tasks (harness.tasks.real), or None while their data is not fetched."""
+    from harness.tasks.real import real_task_dir
+    return real_task_dir()
 
 
 def task_manager(include_defaults: bool = False, extra_paths=(), **kwargs):
@@ -212,6 +226,9 @@ def manager_for(tasks=(), include_path: str | None = None):
                                                                          extra_paths=extra)
     unknown = [t for t in tasks if t not in tm.task_index]
     if unknown:
+        from harness.tasks.real import missing_data_message
+        if (msg := missing_data_message(unknown)) is not None:
+            raise FileNotFoundError(msg)       # a real-data task before `loopsweep-assets fetch`
         import difflib
         close = difflib.get_close_matches(unknown[0], tm.all_tasks, n=3)
         raise ValueError(f"unknown lm-eval task {unknown[0]!r}"

@@ -64,3 +64,25 @@ def build_tiny_model(path: Path, *, num_hidden_layers: int = 4, seed: int = 0) -
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Directory of a tiny random Qwen3-architecture checkpoint (4 layers) with its tokenizer."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_qwen3") / "model")
+
+
+@pytest.fixture(scope="session")
+def real_asset():
+    """`real_asset(name)` -> the folder of a real asset (harness.assets), fetched on first use.
+
+    The fetch is idempotent and holds one lock per asset, so parallel workers wait for each
+    other; on a fresh machine it downloads from the package index. When that fails (no index,
+    wrong hash) the test errors with the fetch's one-line reason: real-asset tests never skip."""
+    import os
+
+    from harness import assets
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+
+    def get(name: str) -> Path:
+        if not assets.is_fetched(name):
+            assets.fetch([name])
+        a = assets.get_asset(name)
+        return Path(assets.resolve_model(name) if a.kind == "model" else assets.data_dir(name))
+    return get
