@@ -126,7 +126,8 @@ def build_grid(args) -> list[dict]:
 
 def loop_config(cfg: dict, args) -> LoopConfig:
     return LoopConfig(window=cfg["window"], k=cfg["k"], integrator=cfg["integrator"], mode=cfg["mode"],
-                      kv=cfg["kv"], decode=cfg["decode"], decode_n=args.decode_n)
+                      kv=cfg["kv"], decode=cfg["decode"],
+                      **({"decode_n": args.decode_n} if cfg["decode"] == "first_n" else {}))
 
 
 # ---- one cell x one workload -----------------------------------------------------------------

@@ -196,7 +196,7 @@ def weights_hash(folder: str | os.PathLike, *, memo_file: str | os.PathLike | No
 
     folder = Path(folder).resolve()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES
-                   and ".cache" not in p.parts)
+                   and ".cache" not in p.relative_to(folder).parts)   # the folder may lie in one
     if not files:
         raise FileNotFoundError(f"no model files under {folder}")
     key = (str(folder),) + tuple((str(p.relative_to(folder)), p.stat().st_size,

@@ -394,11 +394,10 @@ def test_cli_rewrites_asset_names(home, monkeypatch):
 
 @pytest.mark.parametrize("name", assets.MODEL_ASSETS)
 def test_model_presets_name_the_asset_and_its_caveat(name):
-    from hydra import compose, initialize_config_dir
-
+    from harness.config import compose, hydra_session
     from looping import WindowSpec
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        m = compose("sweep", overrides=[f"model={name}"]).model
+    with hydra_session():
+        m = compose([f"model={name}"]).model
     a = assets.ASSETS[name]
     assert m.path == name and assets.is_model_asset(m.path)
     assert m.name == f"{name}-dequantised-from-GGUF-{a.quantisation}"   # in every table row

@@ -125,8 +125,11 @@ def test_k1_looped_equals_hf_and_k3_anchored_differs(model):
 
     assert set(hf) == set(k1) and len(hf) == LIMIT * len(TASKS)
     assert set(k3) == {key for key in hf if key[0] == TASKS[0]}
-    d1 = [abs(a - b) for key in hf for a, b in zip(hf[key][0], k1[key][0])]
-    assert max(d1) <= 1e-5, f"K=1: max |loglik diff| {max(d1):.3g} over {len(d1)} choices"
+    # relative to max(1, |loglikelihood|): the looped adapter applies the head at the
+    # continuation positions only, whose smaller matmul rounds the last bits differently (a
+    # 262k-way log-softmax for Gemma); greedy flags, hence accuracies, must agree exactly
+    d1 = [abs(a - b) / max(1.0, abs(a)) for key in hf for a, b in zip(hf[key][0], k1[key][0])]
+    assert max(d1) <= 1e-5, f"K=1: max relative |loglik diff| {max(d1):.3g} over {len(d1)} choices"
     assert all(hf[key][1] == k1[key][1] for key in hf)
     d3 = [abs(a - b) for key in k3 for a, b in zip(hf[key][0], k3[key][0])]
     assert max(d3) > 1e-2, f"K=3 anchored equals the plain model (max diff {max(d3):.3g})"

@@ -70,11 +70,10 @@ def test_every_real_task_is_registered_and_has_a_preset(tm):
     assert len(names) == len(REAL_TASKS) + len(MMLU_CATEGORIES) + 57
     missing = [n for n in names if n not in tm.task_index]
     assert not missing, missing
-    from hydra import compose, initialize_config_dir
-    root = Path(__file__).resolve().parents[2] / "configs"
-    presets = sorted(p.stem for p in (root / "task").glob("*-local.yaml"))
-    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
-        tasks = {p: compose("sweep", overrides=[f"task={p}"]).task for p in presets}
+    from harness.config import CONFIG_DIR, compose, hydra_session
+    presets = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*-local.yaml"))
+    with hydra_session():
+        tasks = {p: compose([f"task={p}"]).task for p in presets}
     assert {t.task for t in tasks.values()} == set(REAL_TASKS)
     for p, t in tasks.items():
         assert t.num_fewshot == (7 if t.task == "local_commonsense_qa_fsval" else 0), p
