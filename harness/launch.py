@@ -118,20 +118,54 @@ def auto_workers(plan: Plan, *, cores: int | None = None, log: Callable = print)
     return min(cores, fit)
 
 
+def _items(spec) -> float:
+    """The documents a cell scores, where known (its limit, or a real-data task's size), else 1."""
+    from harness.tasks.real import REAL_TASKS
+
+    if isinstance(spec.limit, int) and spec.limit > 0:
+        return float(spec.limit)
+    sizes = [REAL_TASKS[t][2] for t in spec.tasks if t in REAL_TASKS]
+    return float(sum(sizes)) if sizes else 1.0
+
+
+def _start(c) -> int:
+    """The cell's window start (0 for a baseline or when unknown): layers below it are shared."""
+    window = c.cost.window or ""
+    return int(window.split(":")[0]) if ":" in window else 0
+
+
+def _cost(cells) -> float:
+    """Estimated work of a list of cells: layer passes per token above each cell's window start
+    (a shared pass computes the layers below once), times its items."""
+    return sum(max(1, (c.cost.layer_passes or 1) - _start(c)) * _items(c.spec) for c in cells)
+
+
 def split_cells(plan: Plan, n: int) -> list[list]:
-    """The cells to compute in `n` parts of about equal cost (layer passes, x items when known);
-    the cells of one shared-scoring group (share_key) stay together, as do a model's cells where
-    the balance allows (each worker loads every model it meets)."""
+    """The cells to compute in `n` parts of about equal estimated work (`_cost`). The cells of one
+    shared-scoring group (share_key) stay together while the balance allows; a group bigger than
+    one part's share is split between window starts (each part then shares within its cells)."""
     units: dict[Any, list] = {}
     for c in plan.todo:
         key = c.spec.share_key() if plan.settings.sharing else c.cell_id
         units.setdefault(key, []).append(c)
-
-    def cost(cells) -> float:
-        return sum((c.cost.layer_passes or 1) * (c.spec.limit or 1) for c in cells)
+    pieces = list(units.values())
+    target = _cost(plan.todo) / n
+    while True:
+        big = max(pieces, key=_cost)
+        starts = sorted({_start(c) for c in big})
+        if _cost(big) <= target * 1.05 or len(starts) < 2:
+            break
+        pieces.remove(big)
+        lower, upper, acc = [], [], 0.0
+        half = _cost(big) / 2
+        for s in starts:                      # whole starts to the lower half until it is full
+            group = [c for c in big if _start(c) == s]
+            (lower if acc < half else upper).extend(group)
+            acc += _cost(group)
+        pieces += [p for p in (lower, upper) if p]
     parts: list[list] = [[] for _ in range(n)]
-    for unit in sorted(units.values(), key=cost, reverse=True):
-        min(parts, key=cost).extend(unit)
+    for unit in sorted(pieces, key=_cost, reverse=True):
+        min(parts, key=_cost).extend(unit)
     order = {c.cell_id: i for i, c in enumerate(plan.todo)}
     return [sorted(p, key=lambda c: order[c.cell_id]) for p in parts if p]
 

@@ -321,6 +321,44 @@ def plot_cost(cost: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_scan(scan: pd.DataFrame) -> Figure:
+    """Window scan heatmap: delta vs baseline (pp) per window start (x) and width (y), one panel
+    per model x task x strategy x K; a cell outlined where its paired CI excludes 0."""
+    import matplotlib.colors as mcolors
+    from matplotlib.patches import Rectangle
+    panels = _panels(scan, ["model_name", "task", "integrator", "k"])
+    if not panels:
+        return _empty("no window scan")
+    fig, axes = _figure(len(panels), ncols=1, size=(8.0, 2.4))
+    lim = max(1.0, float(np.nanmax(np.abs(scan["delta_pp"].astype(float)))))
+    normc = mcolors.TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
+    for ax, (name, g) in zip(axes, panels):
+        starts = sorted(g["start"].unique())
+        widths = sorted(g["width"].unique())
+        grid = np.full((len(widths), len(starts)), np.nan)
+        for _, r in g.iterrows():
+            grid[widths.index(r["width"]), starts.index(r["start"])] = r["delta_pp"]
+        ax.imshow(grid, cmap="RdBu", norm=normc, aspect="auto", origin="lower")
+        for _, r in g.iterrows():
+            x, y = starts.index(r["start"]), widths.index(r["width"])
+            ax.text(x, y, f"{r['delta_pp']:+.1f}", ha="center", va="center", fontsize=7)
+            if not (np.isnan(r["ci_low_pp"]) or r["ci_low_pp"] <= 0 <= r["ci_high_pp"]):
+                ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, lw=1.5,
+                                       ec="black"))
+        ax.set_xticks(range(len(starts)), [str(int(s)) for s in starts])
+        ax.set_yticks(range(len(widths)), [str(int(w)) for w in widths])
+        ax.set_xlabel("window start (layer)")
+        ax.set_ylabel("width (layers)")
+        ax.set_title(f"{name}: delta vs baseline (pp; blue better, red worse)", fontsize=9)
+        ax.legend(handles=[Rectangle((0, 0), 1, 1, fc="white", ec="grey", label="baseline (0 pp)"),
+                           Rectangle((0, 0), 1, 1, fill=False, ec="black", lw=1.5,
+                                     label="paired 95% CI excludes 0")],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=7,
+                  frameon=False)
+    fig.suptitle("Window scan: delta vs the baseline per window start and width")
+    return fig
+
+
 FIGURES = {
     "collapse": ("collapse", plot_collapse),
     "strategy_k": ("strategy_k", lambda df: plot_strategy(df, by="k")),
@@ -328,5 +366,6 @@ FIGURES = {
     "depth": ("depth", plot_depth),
     "moe": ("moe", plot_moe),
     "cost": ("cost", plot_cost),
+    "scan": ("scan", plot_scan),
 }
 """figure name -> (the report table whose frame it plots, the plotting function)."""

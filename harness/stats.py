@@ -17,10 +17,13 @@ non-zero differences, which is McNemar's test when the scores are 0/1.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy.stats import norm
 import pandas as pd
 from scipy.stats import binom, norm
 
@@ -90,6 +93,17 @@ def normal_ci(baseline: Sequence[float], looped: Sequence[float], *,
 
 
 # ---- McNemar / sign test -------------------------------------------------------------------------
+def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p observed on n items (NaNs when n = 0)."""
+    if not n or p != p:
+        return math.nan, math.nan
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Exact two-sided McNemar test: the binomial test of `b` vs `c` discordant pairs against
     p = 1/2 (b = items 0->1, c = items 1->0, or the other way round: it is symmetric).

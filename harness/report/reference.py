@@ -37,6 +37,24 @@ REFERENCE_TASK = {"MMLU-Pro": "mmlu_pro", "GPQA-Main": "gpqa_main_zeroshot",
                    "OpenBookQA": "openbookqa"}
 
 
+#: chance accuracy of a task family (uniform guessing over its choices); prefixes of lm-eval task
+#: names after any `local_` / `fixture_` prefix. A task not listed has no chance level (NaN).
+CHANCE: dict[str, float] = {
+    "piqa": 0.5, "winogrande": 0.5, "boolq": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25,
+    "openbookqa": 0.25, "commonsense_qa": 0.2, "mmlu_pro": 0.1, "mmlu": 0.25, "hellaswag": 0.25,
+    "sciq": 0.25, "gpqa": 0.25, "embedded_mc": 0.25,
+}
+
+
+def chance_of(task: str) -> float:
+    """Chance accuracy of `task` (CHANCE, longest matching family prefix), NaN if unknown."""
+    name = str(task)
+    for prefix in ("local_", "fixture_"):
+        name = name.removeprefix(prefix)
+    hits = [f for f in CHANCE if name.startswith(f)]
+    return CHANCE[max(hits, key=len)] if hits else float("nan")
+
+
 def reference_path() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "reference.csv"
 

@@ -27,7 +27,7 @@ from .common import (DEPTH_BAND, LOOP_KEYS, MISSING, MOE_MODES, MOE_ROUTINGS, OK
                      config_label, norm_value, row_mask, same_value, sort_rows, to_pp, variants,
                      with_names)
 from .compare import cell_samples, compare_to_baseline, ensure_compared, sample_groups
-from .reference import attach_reference
+from .reference import attach_reference, chance_of
 from .render import format_table, pivot_display
 
 def holm_column(df: pd.DataFrame, p_col: str = "p_mcnemar") -> np.ndarray:
@@ -452,6 +452,129 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
     return pd.DataFrame(rows, columns=SELECT_COLUMNS)
 
 
+# ---- every looped cell, with the baseline's competence ------------------------------------------
+
+CELL_COLUMNS = [
+    "model_name", "task", "metric", "integrator", "k", "window", "window_centre", "window_width",
+    "mode", "kv", "status", "baseline_pp", "baseline_ci_low_pp", "baseline_ci_high_pp",
+    "chance_pp", "competence", "value_pp", "delta_pp", "ci_low_pp", "ci_high_pp", "p_mcnemar",
+    "p_holm", "n_paired", "cell_id", "baseline_cell_id",
+]
+
+
+def cells_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
+                compared: pd.DataFrame | None = None, holm_adjust: bool = True,
+                n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """One row per looped cell x task: its accuracy, the paired delta vs its baseline with the
+    CI and exact McNemar p (Holm over the whole table), and the baseline's accuracy with its
+    Wilson 95% interval, the task's chance level and the mark `competent` (the baseline's interval
+    lies above chance) or `near chance` (it includes chance: a delta there is no evidence of
+    anything). `competence` is empty where the chance level is unknown (e.g. generation tasks)."""
+    cmp = with_names(ensure_compared(results, samples, compared, n_boot, confidence, seed))
+    res = with_names(results)
+    n_of = {(r["cell_id"], r["task"]): r["n"] for _, r in res.iterrows()}
+    rows = []
+    for _, r in cmp.iterrows():
+        row = {c: r.get(c, math.nan) for c in CELL_COLUMNS}
+        n = n_of.get((r["baseline_cell_id"], r["task"])) or 0
+        base = r["baseline_pp"] / 100 if not blank(r["baseline_pp"]) else math.nan
+        lo, hi = stats.wilson_interval(base, int(n)) if n else (math.nan, math.nan)
+        chance = chance_of(r["task"])
+        row.update(baseline_ci_low_pp=lo * 100, baseline_ci_high_pp=hi * 100,
+                   chance_pp=chance * 100,
+                   competence="" if chance != chance or lo != lo else
+                   ("competent" if lo > chance else "near chance"))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=CELL_COLUMNS)
+    out["p_holm"] = holm_column(out) if holm_adjust and len(out) else math.nan
+    return sort_rows(out, ["model_name", "task", "integrator", "window", "k"])
+
+
+# ---- a window scan: delta over window start x width, and select-then-confirm ---------------------
+
+SCAN_COLUMNS = ["model_name", "task", "integrator", "k", "start", "width", "window",
+                "window_centre", "status", "delta_pp", "ci_low_pp", "ci_high_pp", "p_mcnemar",
+                "cell_id"]
+SCAN_SELECT_COLUMNS = [
+    "model_name", "task", "integrator", "k", "n_windows", "which", "window", "window_centre",
+    "select_delta_pp", "confirm_delta_pp", "confirm_ci_low_pp", "confirm_ci_high_pp",
+    "confirm_p", "confirm_n", "confirm_rank", "cell_id"]
+SCAN_MIN_STARTS = 4      # a panel is a scan when it has at least this many starts, and two widths
+
+
+def scan_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
+               compared: pd.DataFrame | None = None, n_boot: int = 2000,
+               confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The panels (model x task x strategy x K) whose windows cover several starts and widths:
+    one row per window with its delta vs the baseline and paired CI (the heatmap's numbers)."""
+    cmp = with_names(ensure_compared(results, samples, compared, n_boot, confidence, seed))
+    if cmp.empty:
+        return pd.DataFrame(columns=SCAN_COLUMNS)
+    df = cmp.assign(start=[int(str(w).split(":")[0]) if ":" in str(w) else -1
+                           for w in cmp["window"]],
+                    width=cmp["window_width"])
+    rows = []
+    for key, g in df.groupby(["model_name", "task", "integrator", "k"], sort=True):
+        if g["start"].nunique() < SCAN_MIN_STARTS or g["width"].nunique() < 2:
+            continue
+        for _, r in g.iterrows():
+            rows.append({c: r.get(c, math.nan) for c in SCAN_COLUMNS})
+    return sort_rows(pd.DataFrame(rows, columns=SCAN_COLUMNS),
+                     ["model_name", "task", "integrator", "k", "width", "start"])
+
+
+def scan_select(scan: pd.DataFrame, samples: pd.DataFrame, select_docs: Iterable, *,
+                rule_centre: float = 0.5, n_boot: int = 2000, confidence: float = 0.95,
+                seed: int = 0, compared: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per scan panel: the window with the best delta on the selection documents, and its delta,
+    CI and p on the other documents (the confirmed number to report); beside it, on the same
+    confirmation documents, the depth rule's window (the panel's window whose centre is nearest
+    `rule_centre`, the widest of ties; the rule picks it without looking at any result) and the
+    best window of the confirmation half (what choosing on the reported data would claim)."""
+    groups = sample_groups(samples)
+    rows = []
+    base_of = {}
+    if compared is not None:
+        base_of = dict(zip(compared["cell_id"], compared["baseline_cell_id"]))
+    for key, g in scan.groupby(["model_name", "task", "integrator", "k"], sort=True):
+        ok = g[g["status"] == OK]
+        scored = []
+        for _, c in ok.iterrows():
+            sa = cell_samples(groups, base_of.get(c["cell_id"]), c["task"])
+            sb = cell_samples(groups, c["cell_id"], c["task"])
+            if not (len(sa) and len(sb)):
+                continue
+            frame = stats.pair_samples(sa, sb).frame
+            sel = _restrict(frame, select_docs)
+            conf = frame.drop(index=sel.index)
+            if sel.empty or conf.empty:
+                continue
+            scored.append(((sel["looped"] - sel["base"]).mean() * 100, c, conf))
+        if not scored:
+            continue
+        confirm = [(cf["looped"] - cf["base"]).mean() * 100 for _, _, cf in scored]
+        best = max(range(len(scored)), key=lambda i: scored[i][0])
+        rule = min(range(len(scored)), key=lambda i: (abs(scored[i][1]["window_centre"]
+                                                          - rule_centre),
+                                                      -scored[i][1]["width"]))
+        top = max(range(len(scored)), key=lambda i: confirm[i])
+        for which, i in (("selected on half A", best), ("depth rule", rule),
+                         ("best on half B (optimistic)", top)):
+            d_sel, c, conf = scored[i]
+            delta, lo, hi = stats.paired_bootstrap_ci(conf["base"], conf["looped"], n_boot=n_boot,
+                                                      confidence=confidence, seed=seed)
+            rows.append({"model_name": key[0], "task": key[1], "integrator": key[2], "k": key[3],
+                         "n_windows": len(scored), "which": which, "window": c["window"],
+                         "window_centre": c["window_centre"], "select_delta_pp": d_sel,
+                         "confirm_delta_pp": delta * 100, "confirm_ci_low_pp": lo * 100,
+                         "confirm_ci_high_pp": hi * 100,
+                         "confirm_p": stats.mcnemar_exact_scores(conf["base"], conf["looped"]),
+                         "confirm_n": len(conf),
+                         "confirm_rank": 1 + sum(d > confirm[i] for d in confirm),
+                         "cell_id": c["cell_id"]})
+    return pd.DataFrame(rows, columns=SCAN_SELECT_COLUMNS)
+
+
 # ---- all tables at once --------------------------------------------------------------------------
 
 @dataclass
@@ -535,6 +658,25 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                                       n_boot=n_boot,
                                       confidence=confidence, seed=seed)
             add("select_confirm", stc, format_table(stc, drop=("cell_id", "confirm_cell_id")))
+    if has_looped:
+        cl = cells_table(results, samples, **kw)
+        add("cells", cl, format_table(cl, drop=("cell_id", "baseline_cell_id", "window_centre",
+                                                "metric"), ci_pairs=_CELL_CIS))
+        sc = scan_table(results, samples, compared=cmp, n_boot=n_boot, confidence=confidence,
+                        seed=seed)
+        sel_docs = _select_split(results, samples, cmp, select_docs, select_fraction, seed)
+        if len(sc) and sel_docs is not None:
+            add("scan", sc, format_table(sc, drop=("cell_id",)))
+            ss = scan_select(sc, samples, sel_docs, n_boot=n_boot, confidence=confidence,
+                             seed=seed, compared=cmp)
+            add("scan_select", ss, format_table(ss, drop=("cell_id",)))
+        else:
+            for name in ("scan", "scan_select"):
+                add(name, None, None, "no window scan (a strategy x K over several window "
+                                      "starts and widths)")
+    else:
+        for name in ("cells", "scan", "scan_select"):
+            add(name, None, None, "no looped cells in the store")
     ct = cost_table(results)
     if ct["wall_time_s"].notna().any():
         add("cost", ct, format_table(ct, drop=("cell_id",)))
@@ -565,5 +707,10 @@ _TITLES = {
     "moe": "MoE: block vs layer mode x routing, delta vs baseline (pp)",
     "select_confirm": "Select on one split, confirm on the other",
     "cost": "Cost: wall time and window passes vs K",
+    "cells": "Every looped cell vs its baseline, with the baseline's competence",
+    "scan": "Window scan: delta vs window start and width",
+    "scan_select": "Window scan: select on half A, confirm on half B, beside the depth rule",
 }
+_CELL_CIS = (("ci_low_pp", "ci_high_pp", "ci95_pp"),
+             ("baseline_ci_low_pp", "baseline_ci_high_pp", "baseline_ci95_pp"))
 TABLE_NAMES: tuple[str, ...] = tuple(_TITLES)

@@ -26,7 +26,8 @@ SIMPLE = {   # local task -> installed YAML (relative to lm_eval/tasks)
 #: the real split sizes (issue #16)
 SIZES = {"local_commonsense_qa": 1221, "local_openbookqa_val": 500, "local_arc_easy_val": 570,
          "local_arc_challenge_val": 299, "local_piqa": 1838, "local_hellaswag": 10042,
-         "local_mmlu": 14042, "local_mmlu1k": 1000, "local_commonsense_qa_fsval": 1221}
+         "local_mmlu": 14042, "local_mmlu1k": 1000, "local_commonsense_qa_fsval": 1221,
+         "local_piqa500": 500}
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +285,24 @@ def test_zero_shot_tasks_refuse_shots(tm):
         task.fewshot_context(task.eval_docs[0], 1)
     mmlu = _load(tm, "local_mmlu_anatomy")["local_mmlu_anatomy"]     # dev is shipped: 5-shot
     assert mmlu.fewshot_context(mmlu.eval_docs[0], 5).count("\nAnswer:") == 6
+
+
+def test_piqa500_is_the_seeded_subset_of_local_piqa(tm):
+    """local_piqa500 = local_piqa's documents at the seeded rows, same prompts, same config but
+    the subset (the real-model experiments' PIQA)."""
+    from harness.tasks.real.subsets import PIQA500, subset_rows
+    full = _load(tm, "local_piqa")["local_piqa"]
+    sub = _load(tm, "local_piqa500")["local_piqa500"]
+    rows = subset_rows(PIQA500["size"], PIQA500["n"], PIQA500["seed"])
+    assert len(rows) == 500 == len(sub.eval_docs) and rows == sorted(set(rows))
+    full_docs, sub_docs = list(full.eval_docs), list(sub.eval_docs)
+    for k in (0, 1, 250, 499):
+        assert sub_docs[k] == full_docs[rows[k]]
+        assert sub.doc_to_text(sub_docs[k]) == full.doc_to_text(full_docs[rows[k]])
+    a, b = dict(full.config.to_dict()), dict(sub.config.to_dict())
+    for cfg in (a, b):                  # what may differ: the name, the subset, the source file
+        cfg.pop("task"), cfg.pop("process_docs", None)
+        cfg["fewshot_config"] = {k: v for k, v in cfg["fewshot_config"].items()
+                                 if k != "process_docs"}     # lm-eval copies it there (no shots)
+        cfg["metadata"] = {k: v for k, v in cfg["metadata"].items() if k != "config_source"}
+    assert a == b

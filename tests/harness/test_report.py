@@ -29,8 +29,9 @@ def _row(cell_id, model_name, task, *, baseline_id="", status="ok", loop=None, v
 
 def make_frames(n_docs=150, seed=0):
     """Two models (dense 'dense-a', MoE 'moe-b'), one task; strategies naive / euler / anchored at
-    K 1..6 and three windows on the dense model, heun / rk4 at K 2 and 4, MoE mode x routing, one
-    failed cell (euler K 5 centre 0.5) and one missing (anchored K 6 centre 0.7)."""
+    K 1..6 and three windows on the dense model, an anchored K = 3 window scan (starts 0..10,
+    widths 2 and 4), heun / rk4 at K 2 and 4, MoE mode x routing, one failed cell (euler K 5
+    centre 0.5) and one missing (anchored K 6 centre 0.7)."""
     rng = np.random.default_rng(seed)
     results, samples = [], []
     def add_samples(cid, task, scores):
@@ -69,6 +70,13 @@ def make_frames(n_docs=150, seed=0):
                         gain = -0.03 * (k - 1) if integ == "naive" else 0.01 * (centre == 0.5)
                         looped(f"{integ}{k}{win}", loop, gain, centre=centre, width=2, passes=k,
                                wall=kw["wall"])
+            for width in (2, 4):          # a window scan (anchored K = 3 over starts x widths)
+                for start in range(0, 12, 2):
+                    win = f"{start}:{start + width}"
+                    loop = dict(integrator="anchored", k=3, window=win, mode="block", kv="first",
+                                decode="full", routing="n/a", alpha=1.0, beta=0.5)
+                    looped(f"scan{win}", loop, 0.02 * (start == 6) - 0.01 * (width == 4),
+                           centre=(start + (width - 1) / 2) / 16, width=width, passes=3, wall=12.0)
             for integ, per in (("heun", 2), ("rk4", 4)):
                 for k in (2, 4):
                     loop = dict(integrator=integ, k=k, window="9:11", mode="block", kv="first",

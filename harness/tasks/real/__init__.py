@@ -60,6 +60,7 @@ REAL_TASKS: dict[str, tuple[str, str, int, str]] = {
     "local_arc_easy_val": ("arc_easy", "validation", 570, "test"),
     "local_arc_challenge_val": ("arc_challenge", "validation", 299, "test"),
     "local_piqa": ("piqa", "validation", 1838, "validation"),
+    "local_piqa500": ("piqa", "validation", 500, "validation"),
     "local_hellaswag": ("hellaswag", "validation", 10042, "validation"),
     "local_mmlu": ("mmlu", "test", 14042, "test"),
     "local_mmlu1k": ("mmlu", "test", 1000, "test"),
@@ -189,7 +190,7 @@ def real_task_dir() -> Path | None:
     data = assets.data_dir("tasks")
     tasks_dir = _tasks_dir()
     templates = sorted(HERE.glob("*.yaml.in"))
-    copies = [HERE / "mmlu1k.py", MMLU1K_IDS]
+    copies = [HERE / "mmlu1k.py", HERE / "subsets.py", MMLU1K_IDS]
     h = hashlib.sha256()
     try:
         version = importlib.metadata.version("lm-eval")
