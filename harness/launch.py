@@ -156,13 +156,13 @@ def split_cells(plan: Plan, n: int) -> list[list]:
         if _cost(big) <= target * 1.05 or len(starts) < 2:
             break
         pieces.remove(big)
-        lower, upper, acc = [], [], 0.0
-        half = _cost(big) / 2
-        for s in starts:                      # whole starts to the lower half until it is full
-            group = [c for c in big if _start(c) == s]
-            (lower if acc < half else upper).extend(group)
-            acc += _cost(group)
-        pieces += [p for p in (lower, upper) if p]
+        groups = [[c for c in big if _start(c) == s] for s in starts]
+        costs = [_cost(g) for g in groups]
+        # cut between two window starts where the lower half comes nearest half the work
+        # (both halves non-empty, so every split makes progress)
+        cut = min(range(1, len(groups)),
+                  key=lambda i: abs(sum(costs[:i]) - _cost(big) / 2))
+        pieces += [[c for g in groups[:cut] for c in g], [c for g in groups[cut:] for c in g]]
     parts: list[list] = [[] for _ in range(n)]
     for unit in sorted(pieces, key=_cost, reverse=True):
         min(parts, key=_cost).extend(unit)

@@ -185,6 +185,19 @@ def test_sweep_py_prints_the_plan_without_loading_a_model(tmp_path):
 
 
 # ---- launchers ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, n, expected", [
+    (["loop.k=2,3,4", "loop.window='1:3'"], 2, 2),       # one window: the baseline splits off
+    (["loop.k=2,3", "loop.window='1:3','2:4','4:6'"], 2, 2),
+    (["loop.k=2,3", "loop.window='1:3','2:4'"], 5, 3),   # a shared group splits by start only
+    (["loop.k=2,3", "loop.window='1:3'", "sharing=false"], 2, 2),
+])
+def test_split_cells_ends_and_keeps_every_cell_once(session, tmp_path, overrides, n, expected):
+    plan = plan_grid([*overrides, "model=embedded", f"store={tmp_path}"])
+    parts = launch.split_cells(plan, n)
+    assert sorted(c.cell_id for p in parts for c in p) == sorted(c.cell_id for c in plan.todo)
+    assert len(parts) == expected and all(parts)
+
+
 def test_slurm_runner_configures_submitit_from_the_launcher_group(session, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"                  # submitit's Slurm executor wants an srun on PATH
     bin_dir.mkdir()
@@ -204,6 +217,6 @@ def test_slurm_runner_configures_submitit_from_the_launcher_group(session, tmp_p
         launch.get_runner({"kind": "slurmm"})
     with pytest.raises(ValueError, match="launcher.partition: not a setting of launcher local"):
         launch.get_runner({"kind": "local", "partition": "gpu"})
-    monkeypatch.setenv("PATH", os.defpath)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))      # no srun (this machine has one)
     with pytest.raises(launch.LaunchError, match="launcher=slurm: submitit cannot submit"):
         runner.executor(tmp_path / "%j", name="x")
