@@ -78,8 +78,12 @@ def synthetic_requests(n: int, vocab: int, seed: int = 0) -> list:
 
 
 def grid_settings(window: str, ks, integrators) -> list:
-    return [None] + [LoopConfig(window=window, k=k, integrator=i, mode="block")
-                     for i in integrators for k in ks]
+    """The baseline plus every strategy x K at `window`; window='demo': the demo grid's
+    loglikelihood settings ({naive, euler, anchored} x K 1..6 x c0.3w1 / c0.5w1 / c0.7w1)."""
+    windows = ["c0.3w1", "c0.5w1", "c0.7w1"] if window == "demo" else [window]
+    ks = range(1, 7) if window == "demo" else ks
+    return [None] + [LoopConfig(window=w, k=k, integrator=i, mode="block")
+                     for i in integrators for k in ks for w in windows]
 
 
 def timed(clock, fn):
@@ -101,17 +105,30 @@ def run_grid(model, args, clock) -> dict:
     def score(loops):
         return loglikelihoods(model, reqs, loops, batch_size=args.batch_size,
                               max_length=4096, progress=False)
+    peaks = []
     with LayerProbe(model, "count", clock) as probe:
-        t_alone, alone = timed(clock, lambda: [score([s])[0] for s in settings])
+        def alone_scores():
+            out = []
+            for s in settings:
+                reset_peak_rss()
+                out.append(score([s])[0])
+                peaks.append(peak_rss_bytes())
+            return out
+        t_alone, alone = timed(clock, alone_scores)
         passes_alone = sum(sum(f.values()) for f in probe.data.values())
+    reset_peak_rss()
     with LayerProbe(model, "count", clock) as probe:
         t_shared, shared = timed(clock, lambda: score(settings))
         passes_shared = sum(sum(f.values()) for f in probe.data.values())
+    peak_shared = peak_rss_bytes()
     worst = max(max_diff(a, b) for a, b in zip(alone, shared))
     greedy_same = all([x[1] for x in a] == [x[1] for x in b] for a, b in zip(alone, shared))
-    resolved = settings[1].resolve(model)
-    return {"window": args.window, "window_layers": f"{resolved.start}:{resolved.end}",
-            "settings": ["baseline"] + [f"{s.integrator} k={s.k}" for s in settings[1:]],
+    windows = sorted({f"{r.start}:{r.end}" for r in (s.resolve(model) for s in settings[1:])})
+    return {"window": args.window, "window_layers": ", ".join(windows),
+            "settings": ["baseline"] + [f"{s.integrator} k={s.k} {s.window}"
+                                        for s in settings[1:]],
+            "peak_rss_cell_max_bytes": max(peaks), "peak_rss_shared_bytes": peak_shared,
+            "peak_rss_ratio": peak_shared / max(peaks),
             "requests": len(reqs), "tokens": sum(len(r[1]) + len(r[2]) for r in reqs),
             "batch_size": args.batch_size,
             "cell_by_cell_s": t_alone, "shared_s": t_shared, "speedup": t_alone / t_shared,
@@ -184,7 +201,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-shape",
                    help=f"{', '.join(SHAPES)}, 'embedded', or a model folder")
-    p.add_argument("--window", default="c0.5w4")
+    p.add_argument("--window", default="c0.5w4",
+                   help="the grid's window, or 'demo' for the demo grid's 54 loop settings")
     p.add_argument("--ks", default="2,3,4,5,6")
     p.add_argument("--integrators", default="naive,euler,anchored")
     p.add_argument("--requests", type=int, default=48)
@@ -208,7 +226,8 @@ def main(argv=None) -> int:
         print(f"grid: {len(g['settings'])} settings at {g['window_layers']}: cell by cell "
               f"{g['cell_by_cell_s']:.1f}s, shared {g['shared_s']:.1f}s -> {g['speedup']:.2f}x "
               f"(predicted from layer passes {g['predicted_speedup']:.2f}x); max answer diff "
-              f"{g['max_answer_diff']:.2g}", flush=True)
+              f"{g['max_answer_diff']:.2g}; peak RSS shared / largest single cell "
+              f"{g['peak_rss_ratio']:.2f}", flush=True)
     if not args.no_head:
         result["head"] = run_head(model, args, clock)
         h = result["head"]
@@ -218,6 +237,8 @@ def main(argv=None) -> int:
               f"MiB peak; max answer diff {h['max_answer_diff']:.2g}", flush=True)
     result["loadavg_after"] = loadavg()
     name = "grid" if args.model == "smollm2-135m-shape" else f"grid-{args.model}"
+    if args.window == "demo":
+        name += "-demo"
     out = DEFAULT_OUT / f"{name}.json" if args.out is None else Path(args.out)
     write_json(out, result)
     figure(result, out.with_suffix(".png"))
