@@ -56,10 +56,36 @@ def hydra_session(config_dir: str | Path = CONFIG_DIR, job_name: str = "sweep") 
 
 
 def compose(overrides=(), *, hydra_node: bool = True):
-    """The primary config composed with `overrides` (needs an active `hydra_session`)."""
+    """The primary config composed with `overrides` (needs an active `hydra_session`). Without a
+    task chosen (`task=...` or the experiment's defaults), the model preset's `default_task`."""
     from hydra import compose as _compose
 
-    return _compose(PRIMARY, overrides=list(overrides), return_hydra_config=hydra_node)
+    overrides = with_default_task(list(overrides))
+    return _compose(PRIMARY, overrides=overrides, return_hydra_config=hydra_node)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def with_default_task(overrides: list[str]) -> list[str]:
+    """`overrides`, plus `task=<model.default_task>` when neither they nor the selected
+    experiment choose a task (the sweep config's task default is null: the task follows the
+    model). A model preset without a default task: a one-line ValueError with the choices."""
+    from hydra import compose as _compose
+
+    if any(_key(o) == "task" for o in overrides):
+        return overrides
+    probe = [o for o in overrides if _key(o) in ("model", "experiment")
+             or _key(o).startswith("model.")]
+    cfg = _compose(PRIMARY, overrides=probe)
+    if "task" in cfg:                               # the experiment chose it
+        return overrides
+    default = cfg.model.get("default_task")
+    if not default:
+        raise ValueError(f"model={cfg.model.name}: no default task (its preset has no "
+                         f"default_task); choose one: task=<{'|'.join(group_options('task'))}>")
+    return [f"task={default}", *overrides]
 
 
 def groups(config_dir: str | Path = CONFIG_DIR) -> list[str]:

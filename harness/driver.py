@@ -266,13 +266,15 @@ def _indent(text: str) -> str:
 def run_plan(plan, runner) -> int:
     """Run the cells that are not ok, print the summary, build the report (report=true)."""
     from . import store as st
+    from .plan import tasks_text
 
     s = plan.settings
     t_start = time.time()
     n_base = sum(c.spec.is_baseline for c in plan.cells)
     todo = plan.todo
     print(f"[loopsweep] grid {plan.grid_id}: {len(plan.cells)} cells ({len(plan.cells) - n_base} "
-          f"looped + {n_base} baseline) over {plan.n_models} model(s); "
+          f"looped + {n_base} baseline) over {plan.n_models} model(s) on "
+          f"{tasks_text(plan.cells)}; "
           f"{len(plan.cells) - len(todo)} already ok, {len(todo)} to compute; records in "
           f"{s.store}/cells", flush=True)
     if plan.unsafe_tasks and not s.allow_code_eval:

@@ -88,6 +88,12 @@ def _is_meta(override: str) -> bool:
     return any(k == m or k.startswith(m + ".") or k.startswith(m + "/") for m in META_KEYS)
 
 
+def tasks_text(cells) -> str:
+    """'task(s) a, b' of the cells, by their names ('task mmlu_pro')."""
+    names = sorted({c.spec.task_name or c.spec.task for c in cells})
+    return f"task{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
 def label(overrides: list[str]) -> str:
     """A cell's name from its overrides ('loop.k=3,model=qwen3-4b'; wandb run names)."""
     parts = sorted(o.lstrip("+") for o in overrides if not _is_meta(o))
@@ -376,8 +382,8 @@ def format_plan(plan: Plan) -> str:
     if todo and len(with_items) == len(todo):
         total += f"; x items: {'~' if approx else ''}{sum(p * i for p, i in with_items):g}"
     lines.append(f"grid {plan.grid_id}: {len(plan.cells)} cells ({len(plan.cells) - n_base} "
-                 f"looped + {n_base} baseline) over {plan.n_models} model(s); "
-                 f"{len(plan.cells) - len(todo)} already ok; {total}")
+                 f"looped + {n_base} baseline) over {plan.n_models} model(s) on "
+                 f"{tasks_text(plan.cells)}; {len(plan.cells) - len(todo)} already ok; {total}")
     if todo:
         n_shared, passes_, alone = plan.sharing()
         lines.append(f"scoring: {n_shared} cell(s) in {passes_} shared pass(es) + {alone} "

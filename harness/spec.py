@@ -281,6 +281,20 @@ def task_version(tasks: Iterable[str], include_path: str | None = None) -> str:
 
 
 # ---- from a composed sweep config --------------------------------------------------------------
+def batch_size(value) -> int:
+    """eval.batch_size as a number >= 1. 'auto' is refused: lm-eval picks it from the free memory
+    of the moment, and the batch size changes padding and therefore scores, so it is part of the
+    cell id and must be known before the cell runs."""
+    text = str(value).strip()
+    if text.startswith("auto"):
+        raise ValueError(f"eval.batch_size={value}: not supported: the batch size changes "
+                         f"padding and therefore the scores, and is part of the cell id; give "
+                         f"a number (default 16; lower it if a cell runs out of memory)")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"eval.batch_size={value}: a whole number >= 1")
+    return int(text)
+
+
 def spec_from_config(cfg, *, loop_name: str = "", store: str | os.PathLike | None = None
                      ) -> CellSpec:
     """The CellSpec of one composed sweep config (harness/configs/sweep.yaml). Resolves
@@ -311,7 +325,7 @@ def spec_from_config(cfg, *, loop_name: str = "", store: str | os.PathLike | Non
         limit=t.get("limit"), apply_chat_template=t.get("apply_chat_template", False),
         fewshot_as_multiturn=bool(t.get("fewshot_as_multiturn", False)),
         system_instruction=t.get("system_instruction"), gen_kwargs=t.get("gen_kwargs"),
-        max_length=ev.get("max_length"), batch_size=int(ev.get("batch_size", 8)),
+        max_length=ev.get("max_length"), batch_size=batch_size(ev.get("batch_size", 16)),
         seed=int(ev.get("seed", 1234)),
         model_name=str(m.get("name", "")), task_name=str(t.get("name", "")),
         loop_name="baseline" if loop is None else loop_name, metric=t.get("metric", "acc,none"),

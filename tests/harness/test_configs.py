@@ -6,10 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from hydra import compose
 from omegaconf import OmegaConf
 
-from harness.config import CONFIG_DIR, hydra_session
+from harness.config import CONFIG_DIR, compose, hydra_session
 
 from looping import RECIPES, LoopConfig
 from looping.config import WindowSpec
@@ -30,7 +29,7 @@ def hydra_ctx():
 
 
 def test_primary_config_is_multirun(hydra_ctx):
-    cfg = compose("sweep", return_hydra_config=True)
+    cfg = compose()
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.model.name == "embedded" and cfg.loop.integrator == "anchored"
 
@@ -53,7 +52,9 @@ def test_every_config_file_composes(hydra_ctx, name):
     else:
         override = f"{group}={option}"
     extra = ["allow_code_eval=true"]
-    cfg = compose("sweep", overrides=[override] + extra, return_hydra_config=True)
+    if group == "model" and not OmegaConf.load(CONFIGS / f"{name}.yaml").get("default_task"):
+        extra.append("task=csqa")                     # no paper cell: a task must be chosen
+    cfg = compose([override] + extra)
     OmegaConf.to_container(cfg.model, resolve=True)
     OmegaConf.to_container(cfg.task, resolve=True)
     if cfg.loop is not None:
@@ -65,7 +66,7 @@ def test_every_config_file_composes(hydra_ctx, name):
 
 @pytest.mark.parametrize("option", [o for o in options("loop") if o != "baseline"])
 def test_loop_presets_are_valid_loop_configs(hydra_ctx, option):
-    cfg = compose("sweep", overrides=[f"loop={option}", "model=qwen3-4b"])
+    cfg = compose([f"loop={option}", "model=qwen3-4b"])
     loop = OmegaConf.to_container(cfg.loop, resolve=True)
     assert set(loop) == LOOP_FIELDS, f"loop/{option}: keys differ from LoopConfig's fields"
     lc = LoopConfig.from_dict(loop)
@@ -84,7 +85,7 @@ def test_every_recipe_and_integrator_has_a_preset():
 
 
 def test_baseline_preset_is_null(hydra_ctx):
-    assert compose("sweep", overrides=["loop=baseline"]).loop is None
+    assert compose(["loop=baseline"]).loop is None
 
 
 def _paper_windows():
@@ -94,7 +95,8 @@ def _paper_windows():
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_presets(hydra_ctx, option):
-    m = compose("sweep", overrides=[f"model={option}"]).model
+    m = compose([f"model={option}", "task=csqa"]).model
+    assert m.default_task is None or m.default_task in options("task"), m.default_task
     assert m.window_source in ("paper", "code", "depth-rule")
     assert m.window_provenance
     assert m.mode in ("block", "layer")
@@ -118,8 +120,8 @@ def test_model_presets(hydra_ctx, option):
 
 
 def test_qwen3_30b_has_both_published_windows(hydra_ctx):
-    a = compose("sweep", overrides=["model=qwen3-30b-a3b"]).model
-    b = compose("sweep", overrides=["model=qwen3-30b-a3b-code"]).model
+    a = compose(["model=qwen3-30b-a3b"]).model
+    b = compose(["model=qwen3-30b-a3b-code", "task=csqa"]).model
     assert (a.window, a.window_source) == ("22:25", "paper")
     assert (b.window, b.window_source) == ("22:26", "code")
     assert a.path == b.path == "Qwen/Qwen3-30B-A3B-Instruct-2507"
@@ -131,11 +133,11 @@ def test_task_presets(hydra_ctx):
             "csqa": ("commonsense_qa", 7, "acc,none"), "arc_challenge": ("arc_challenge", 25, "acc,none"),
             "openbookqa": ("openbookqa", 0, "acc,none")}
     for name, (task, shots, metric) in want.items():
-        t = compose("sweep", overrides=[f"task={name}"]).task
+        t = compose([f"task={name}"]).task
         assert (t.task, t.num_fewshot, t.metric) == (task, shots, metric)
-    assert compose("sweep", overrides=["task=gsm8k"]).task.limit == 200
-    assert compose("sweep", overrides=["task=mbpp"]).task.unsafe_code is True
-    suite = compose("sweep", overrides=["task=suite16"]).task
+    assert compose(["task=gsm8k"]).task.limit == 200
+    assert compose(["task=mbpp"]).task.unsafe_code is True
+    suite = compose(["task=suite16"]).task
     assert len(suite.task) == 16 and suite.aggregate.name == "suite16"
 
 
@@ -144,8 +146,7 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
     header = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text().splitlines()[:15]
     assert any(f"python sweep.py experiment={experiment}" in line for line in header), \
         f"experiment/{experiment}.yaml: the header must give the exact command"
-    cfg = compose("sweep", overrides=[f"experiment={experiment}", "launcher=slurm"],
-                  return_hydra_config=True)
+    cfg = compose([f"experiment={experiment}", "launcher=slurm"])
     launcher = cfg.launcher
     assert launcher.kind == "slurm"
     assert launcher.partition and launcher.gpus_per_node == 1 and launcher.array_parallelism > 0
@@ -157,13 +158,13 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     combos = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
     for combo in (combos[0], combos[-1]):
-        c = compose("sweep", overrides=[f"experiment={experiment}", "launcher=slurm"] + combo)
+        c = compose([f"experiment={experiment}", "launcher=slurm"] + combo)
         if c.loop is not None:
             LoopConfig.from_dict(OmegaConf.to_container(c.loop, resolve=True))
 
 
 def test_submitit_local_launcher_composes(hydra_ctx):
-    cfg = compose("sweep", overrides=["launcher=submitit_local"], return_hydra_config=True)
+    cfg = compose(["launcher=submitit_local"])
     assert cfg.launcher.kind == "submitit_local"
 
 
@@ -171,7 +172,7 @@ def test_fixture_presets_name_local_tasks(hydra_ctx):
     from harness.tasks import task_manager
     tm = task_manager()
     for option in [o for o in options("task") if o.startswith("fixture-")]:
-        t = compose("sweep", overrides=[f"task={option}"]).task
+        t = compose([f"task={option}"]).task
         assert t.task in tm.task_index, f"task/{option}: {t.task} is not a local task"
-        real = compose("sweep", overrides=[f"task={option.removeprefix('fixture-')}"]).task
+        real = compose([f"task={option.removeprefix('fixture-')}"]).task
         assert (t.num_fewshot, t.metric) == (real.num_fewshot, real.metric), option

@@ -48,6 +48,17 @@ def test_expand_is_the_basic_sweepers_product(overrides):
 
 
 # ---- the plan ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, tasks", [
+    ([], {"embedded-mc"}), (["model=qwen3-4b"], {"mmlu_pro"}),
+    (["model=llama-3.2-1b"], {"gpqa_main"}), (["model=smollm2-135m"], {"piqa500-local"}),
+    (["model=qwen3-4b", "task=csqa"], {"csqa"}),
+    (["experiment=real-paper"], {"csqa-local", "obqa-val-local", "mmlu1k-local"}),  # its choice
+])
+def test_the_task_follows_the_model_unless_chosen(session, tmp_path, overrides, tasks):
+    plan = plan_grid([*overrides, f"store={tmp_path}"], costs=False)
+    assert {c.spec.task_name for c in plan.cells} == tasks
+
+
 def test_default_plan_is_anchored_k3_on_the_models_window_and_its_baseline(session, tmp_path):
     plan = plan_grid([f"store={tmp_path}"])
     base, cell = plan.cells
@@ -130,11 +141,12 @@ def test_cfg_job_and_dry_run_print_the_plan(capsys, tmp_path):
     args = ["model=qwen3-4b", "loop.k=2,3,4", f"store={tmp_path}"]
     code, out, err = _run(capsys, *args, "--cfg", "job")
     assert code == 0, err
-    rows = [ln for ln in out.splitlines() if "qwen3-4b  embedded-mc" in ln]
+    rows = [ln for ln in out.splitlines() if "qwen3-4b  mmlu_pro" in ln]
     assert len(rows) == 4 and sum("baseline" in r for r in rows) == 1
     assert "4 cells (3 looped + 1 baseline)" in out and "integrator: anchored" in out
+    assert "on task mmlu_pro" in out            # the task follows the model (its paper cell)
     code, dry, _ = _run(capsys, *args, "dry_run=true")
-    assert code == 0 and [ln for ln in dry.splitlines() if "qwen3-4b  embedded-mc" in ln] == rows
+    assert code == 0 and [ln for ln in dry.splitlines() if "qwen3-4b  mmlu_pro" in ln] == rows
     assert "nothing was loaded or run" in dry
     assert not (tmp_path / "cells").exists()
     code, multi, _ = _run(capsys, "-m", *args, "dry_run=true")
@@ -153,6 +165,9 @@ def test_cfg_job_and_dry_run_print_the_plan(capsys, tmp_path):
     (["group_by=models"], ["group_by=models: not a choice; valid: model, cell"]),
     (["--cfg", "jobs"], ["--cfg takes one of job, hydra, all"]),
     (["--verbose"], ["--verbose: not a flag"]),
+    (["eval.batch_size=auto"], ["eval.batch_size=auto: not supported", "part of the cell id"]),
+    (["model=qwen3-1.7b"], ["model=qwen3-1.7b: no default task", "task=<arc-challenge-val-local|",
+                            "|mmlu_pro|"]),
 ])
 def test_config_errors_are_one_line_with_exit_code_2(capsys, argv, words):
     code, out, err = _run(capsys, *argv, "dry_run=true")
