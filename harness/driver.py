@@ -304,9 +304,30 @@ def run_plan(plan, runner) -> int:
         rec = st.read_record(s.store, cid) if st.status_of(s.store, cid) != "broken" else None
         err = ((rec.error if rec else None) or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
+    _answer(s.store, plan)
     if s.report:
         _report(s.store, plan.report_ids(), s.figures)
     return 1 if summary["failed"] or summary["missing"] else 0
+
+
+def _answer(store: str, plan) -> None:
+    """The grid's answer: every cell's accuracy and delta vs its baseline with the paired CI and
+    p (harness.summary), printed and written to <store>/summary.md / .csv."""
+    from .summary import format_summary, grid_summary, write_summary
+
+    try:
+        frame = grid_summary(store, plan.cell_ids)
+        if frame.empty:
+            return
+        paths = write_summary(store, frame, plan.grid_id)
+    except Exception as e:     # noqa: BLE001 - the records are the result; the summary is extra
+        print(f"[loopsweep] the summary failed ({type(e).__name__}: {e}); records are in "
+              f"{store}/cells")
+        return
+    print(f"[loopsweep] grid {plan.grid_id}: delta = looped - baseline (pp, paired documents), "
+          f"95% paired bootstrap CI, exact McNemar p, Holm across the grid; best = largest "
+          f"delta whose CI lies above 0\n{format_summary(frame)}\n[loopsweep] summary written to "
+          f"{paths[0]} and {paths[1].name}", flush=True)
 
 
 def summarize(store, cids, before, force, started) -> dict:

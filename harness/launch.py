@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 from looping import did_you_mean
 
 from . import store as st
-from .plan import Plan
+from .plan import Plan, items_of
 from .run import run_job
 
 #: launcher.kind -> the launcher config keys it understands (besides `kind`)
@@ -118,16 +118,6 @@ def auto_workers(plan: Plan, *, cores: int | None = None, log: Callable = print)
     return min(cores, fit)
 
 
-def _items(spec) -> float:
-    """The documents a cell scores, where known (its limit, or a real-data task's size), else 1."""
-    from harness.tasks.real import REAL_TASKS
-
-    if isinstance(spec.limit, int) and spec.limit > 0:
-        return float(spec.limit)
-    sizes = [REAL_TASKS[t][2] for t in spec.tasks if t in REAL_TASKS]
-    return float(sum(sizes)) if sizes else 1.0
-
-
 def _start(c) -> int:
     """The cell's window start (0 for a baseline or when unknown): layers below it are shared."""
     window = c.cost.window or ""
@@ -137,7 +127,7 @@ def _start(c) -> int:
 def _cost(cells) -> float:
     """Estimated work of a list of cells: layer passes per token above each cell's window start
     (a shared pass computes the layers below once), times its items."""
-    return sum(max(1, (c.cost.layer_passes or 1) - _start(c)) * _items(c.spec) for c in cells)
+    return sum(max(1, (c.cost.layer_passes or 1) - _start(c)) * items_of(c.spec) for c in cells)
 
 
 def split_cells(plan: Plan, n: int) -> list[list]:
@@ -205,12 +195,29 @@ def run_workers(plan: Plan, parts: list[list], *, log: Callable = print) -> list
                                       text=True, bufsize=1))
     log(f"[loopsweep] running {len(plan.todo)} cell(s) in {len(parts)} worker processes "
         f"(one torch thread each): {', '.join(str(len(p)) for p in parts)} cells", flush=True)
+    import re
     import threading
+
+    from .summary import Progress
+
+    index = {c.cell_id: i for i, c in enumerate(plan.todo)}
+    progress = Progress([(c.cost.layer_passes or 0) * items_of(c.spec) or None
+                         for c in plan.todo], parallel=len(parts))
+    ended = re.compile(r"\[cell \d+/\d+\] (\w+) .*: (?:skip|[A-Za-z]+ in ([\d.]+)s)")
+    lock, n_done = threading.Lock(), [0]
 
     def relay(w, proc):
         for line in proc.stdout:
-            if line.startswith(("[cell", "[loopsweep]")) or "Error" in line:
+            if line.startswith(("[cell", "[loopsweep]", "  delta vs baseline")) or "Error" in line:
                 log(f"[w{w}] {line.rstrip()}", flush=True)
+            m = ended.match(line)
+            if m and m.group(1) in index and not line.rstrip().endswith("computing ..."):
+                with lock:                 # the grid's progress over every worker's cells
+                    n_done[0] += 1
+                    progress.finished(index[m.group(1)],
+                                      float(m.group(2)) if m.group(2) else None)
+                    if n_done[0] < len(index):
+                        log(progress.line(n_done[0], len(index)), flush=True)
     threads = [threading.Thread(target=relay, args=(w, p), daemon=True)
                for w, p in enumerate(procs)]
     for t in threads:

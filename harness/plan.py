@@ -151,6 +151,16 @@ class Cost:
         return ("~" if self.approximate else "") + str(self.layer_passes)
 
 
+def items_of(spec: CellSpec) -> float:
+    """The documents a cell scores, where known (its limit, or a real-data task's size), else 1."""
+    from harness.tasks.real import REAL_TASKS
+
+    if isinstance(spec.limit, int) and spec.limit > 0:
+        return float(spec.limit)
+    sizes = [REAL_TASKS[t][2] for t in spec.tasks if t in REAL_TASKS]
+    return float(sum(sizes)) if sizes else 1.0
+
+
 @dataclass(frozen=True)
 class PlannedCell:
     spec: CellSpec
@@ -200,7 +210,8 @@ class Plan:
         return {"grid_id": self.grid_id, "store": s.store, "force": s.force, "device": s.device,
                 "allow_code_eval": s.allow_code_eval, "lock_stale_s": s.lock_stale_s,
                 "sharing": s.sharing, "wandb": s.wandb,
-                "cells": [{"cell_id": c.cell_id, "label": c.label, "spec": c.spec.to_dict()}
+                "cells": [{"cell_id": c.cell_id, "label": c.label, "spec": c.spec.to_dict(),
+                           "cost": (c.cost.layer_passes or 0) * items_of(c.spec) or None}
                           for c in cells]}
 
     def sharing(self) -> tuple[int, int, int]:

@@ -259,14 +259,20 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
 def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "results",
               force: bool = False, device: str | None = None, allow_code_eval: bool = False,
               lock_stale_s: float = 86400, tracker=None, log=print,
-              models: ModelCache | None = None, sharing: bool = True) -> dict[str, list[str]]:
+              models: ModelCache | None = None, sharing: bool = True,
+              costs: list | None = None) -> dict[str, list[str]]:
     """Run (spec, label) cells in order in this process with one shared model cache; prints one
-    progress line per cell. With `sharing`, cells that share requests and batching score their
-    loglikelihood requests in one pass (share_groups). Returns {'done': [...], 'skipped': [...],
-    'busy': [...], 'failed': [...]} of cell ids."""
+    line per cell, a progress line with the ETA (`costs`: each cell's estimated work, see
+    summary.Progress) and, for a looped cell whose baseline is done, its paired delta. With
+    `sharing`, cells that share requests and batching score their loglikelihood requests in one
+    pass (share_groups). Returns {'done': [...], 'skipped': [...], 'busy': [...], 'failed':
+    [...]} of cell ids."""
+    from .summary import Progress, delta_line
+
     models = models or ModelCache()
     summary = {"done": [], "skipped": [], "busy": [], "failed": []}
     n = len(cells)
+    progress = Progress(costs or [None] * n)
     todo = {cell_id(s) for s, _ in cells if force or _store.status_of(store, cell_id(s)) != "ok"}
     groups = share_groups(cells, todo) if sharing else {}
     for i, (spec, label) in enumerate(cells, 1):
@@ -275,6 +281,7 @@ def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "
         if not force and _store.status_of(store, cid) == "ok":
             log(f"{head}: skip (already ok)", flush=True)
             summary["skipped"].append(cid)
+            progress.finished(i - 1, None)
             continue
         log(f"{head}: computing ...", flush=True)
         r = run_cell(spec, store=store, models=models, force=force, device=device,
@@ -292,10 +299,16 @@ def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "
                              if isinstance((m or {}).get(spec.metric), (int, float)))
             log(f"{head}: ok in {r.wall_time_s:.1f}s  {spec.metric}: {vals}", flush=True)
             summary["done"].append(cid)
+            line = delta_line(store, cid)
+            if line:
+                log(line, flush=True)
         else:
             last = (r.error or "").strip().splitlines()[-1:] or [""]
             log(f"{head}: {r.status.upper()} in {r.wall_time_s:.1f}s: {last[0]}", flush=True)
             summary["failed"].append(cid)
+        progress.finished(i - 1, r.wall_time_s if r.computed else None)
+        if i < n:
+            log(progress.line(i, n), flush=True)
     return summary
 
 
@@ -315,7 +328,8 @@ def run_job(job: Mapping[str, Any] | str | os.PathLike, *, models: ModelCache | 
                                   dir=Path(store) / "wandb")
     summary = run_cells(cells, store=store, force=job["force"], device=job.get("device"),
                         allow_code_eval=job["allow_code_eval"], lock_stale_s=job["lock_stale_s"],
-                        tracker=tracker, models=models, sharing=job.get("sharing", True))
+                        tracker=tracker, models=models, sharing=job.get("sharing", True),
+                        costs=[c.get("cost") for c in job["cells"]])
     print(f"[loopsweep] job done: {len(summary['done'])} computed, {len(summary['skipped'])} "
           f"skipped, {len(summary['busy'])} left to another process, {len(summary['failed'])} "
           f"failed", flush=True)

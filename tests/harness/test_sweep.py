@@ -4,6 +4,7 @@ same grid through submitit's local executor with the shared baseline computed on
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -73,8 +74,21 @@ def test_grid_without_m_runs_three_cells_and_one_baseline(basic_grid):
     assert sorted(rec["spec"]["loop"]["k"] for rec in looped) == [2, 3, 4]
     assert {rec["baseline_id"] for rec in looped} == set(baselines)
     assert "4 done, 0 skipped" in r.stdout
-    assert r.stdout.count("loading tiny") == 1           # one model load for the whole grid
-    assert "[cell 4/4]" in r.stdout
+    m = re.search(r"in (\d+) worker processes", r.stdout)      # launcher.workers=auto
+    workers = int(m.group(1)) if m else 1
+    assert r.stdout.count("loading tiny") == workers     # one model load per worker
+    assert r.stdout.count(": ok in ") == 4                # one line per computed cell
+    # the live view: a progress line with an ETA, each looped cell's paired delta when done,
+    # and the answer at the end (every cell), also in <store>/summary.md / .csv
+    assert "[progress " in r.stdout and "ETA " in r.stdout
+    assert r.stdout.count("delta vs baseline (paired 95% CI, McNemar p): sweep_fx_mc ") == 3
+    table = r.stdout[r.stdout.index("Holm across the grid"):]
+    assert sum(ln.startswith("tiny ") for ln in table.splitlines()) == 4
+    assert (store / "summary.md").read_text().count("| tiny | ") == 4
+    import csv
+    rows = list(csv.DictReader((store / "summary.csv").open()))
+    assert sorted(rows, key=lambda x: x["loop"])[0]["loop"] == "baseline" and len(rows) == 4
+    assert all(x["delta_pp"] != "" for x in rows if x["loop"] != "baseline")
 
 
 def test_second_run_computes_nothing_and_says_so(basic_grid, tiny_dir, task_dir):
