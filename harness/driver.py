@@ -189,7 +189,7 @@ def usage() -> str:
     for g in groups():
         lines.append(f"  {g}: {', '.join(group_options(g))}")
     lines += ["", "settings: store=results force=false baseline=true group_by=model|cell "
-              "dry_run=false report=false figures=figures allow_code_eval=false device=null "
+              "dry_run=false report=false figures=null allow_code_eval=false device=null "
               "eval.batch_size=8 wandb.mode=null", "", "docs/sweeps.md has the details."]
     return "\n".join(lines)
 
@@ -350,7 +350,7 @@ def summarize(store, cids, before, force, started) -> dict:
     return out
 
 
-def _report(store: str, cell_ids: list[str], figures: str) -> None:
+def _report(store: str, cell_ids: list[str], figures: str | None) -> None:
     """The report of this grid's records (other grids in the store stay out)."""
     from .report import make_report
 

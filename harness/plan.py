@@ -110,7 +110,7 @@ class Settings:
     group_by: str = "model"
     dry_run: bool = False
     report: bool = False
-    figures: str = "figures"
+    figures: str | None = None         # None: <store>/figures
     allow_code_eval: bool = False
     lock_stale_s: float = 86400
     device: str | None = None
@@ -125,7 +125,7 @@ class Settings:
                                  "sharing")}
         out = cls(store=str(c["store"]), force=bool(c["force"]), baseline=bool(c["baseline"]),
                   group_by=str(c["group_by"]), dry_run=bool(c["dry_run"]),
-                  report=bool(c["report"]), figures=str(c["figures"] or "figures"),
+                  report=bool(c["report"]), figures=str(c["figures"]) if c["figures"] else None,
                   allow_code_eval=bool(c["allow_code_eval"]),
                   lock_stale_s=float(c["lock_stale_s"]), device=c["device"],
                   sharing=bool(c["sharing"]),

@@ -1,7 +1,7 @@
 """plots: the report's figures, as pure functions of the report's long tables (DataFrame -> Figure).
 
     fig = plot_collapse(report.collapse_table(results, samples))
-    fig.savefig("figures/collapse.png")     # harness.report.make_report also writes the CSV
+    fig.savefig("results/figures/collapse.png")     # harness.report.make_report also writes the CSV
 
 Owns: one figure per table (collapse, strategy comparison, depth fraction, MoE block vs layer x
 routing, cost) and the shared look (`style()`: font sizes, grid, one colour per strategy / model).
@@ -38,7 +38,11 @@ STYLE = {
 }
 _PALETTE = ["#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#393b79",
             "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#1f77b4", "#d62728", "#2ca02c"]
+#: one colour per strategy in every figure (report, trajectory, benchmarks); strategies are drawn
+#: as solid lines, windows told apart by marker (WINDOW_MARKERS), the baseline is the only dashed
+#: line
 _FIXED = {"naive": "#d62728", "euler": "#1f77b4", "anchored": "#2ca02c", "baseline": "#444444"}
+WINDOW_MARKERS = ["o", "s", "^", "D", "v", "P"]
 BASELINE_STYLE = dict(color="#444444", linestyle="--", linewidth=1.2)
 FAILED_STYLE = dict(marker="x", color="#000000", linestyle="none", markersize=7, zorder=5)
 
@@ -128,10 +132,12 @@ def _legend(ax) -> None:
 
 
 # ---- collapse -------------------------------------------------------------------------------------------
-def plot_collapse(collapse: pd.DataFrame, *, band: str = "value") -> Figure:
-    """Accuracy (pp) vs K, one line per strategy (and window / variant when several), one panel
-    per model x task; shaded band = the accuracy's 95% CI (`value_ci_*`, from lm-eval's stderr);
-    dashed line = the baseline; 'x' = failed or missing cells."""
+def plot_collapse(collapse: pd.DataFrame, *, band: str = "paired") -> Figure:
+    """Accuracy (pp) vs K, one line per strategy (colour; marker per window, and variant when
+    several), one panel per model x task; shaded band (band='paired') = baseline + the paired 95%
+    CI of the cell's delta (the claim is about paired deltas: where the band leaves the dashed
+    baseline the delta is significant); band='value': the accuracy's own CI from lm-eval's
+    stderr (unpaired); dashed line = the baseline; 'x' = failed or missing cells."""
     df = collapse[collapse["k"].notna()] if len(collapse) else collapse
     if df.empty:
         return _empty("no looped cells")
@@ -150,19 +156,23 @@ def plot_collapse(collapse: pd.DataFrame, *, band: str = "value") -> Figure:
                 extra = (["window"] if several_windows else []) + (["mode"] if several_modes else [])
                 label = _series_label(s.iloc[0], extra + ["variant"])
                 c = colour(integ, names)
-                ls = ["-", "--", ":", "-."][windows.index(str(win)) % 4] \
-                    if several_windows and not _blank(win) else "-"
-                ax.plot(s["k"], s["value_pp"], marker="o", color=c, linestyle=ls, label=label)
-                if band == "value" and s["value_ci_low_pp"].notna().any():
-                    ax.fill_between(s["k"].astype(float), s["value_ci_low_pp"], s["value_ci_high_pp"],
-                                    color=c, alpha=0.07, linewidth=0)
+                mk = WINDOW_MARKERS[windows.index(str(win)) % len(WINDOW_MARKERS)] \
+                    if several_windows and not _blank(win) else "o"
+                ax.plot(s["k"], s["value_pp"], marker=mk, color=c, linestyle="-", label=label)
+                lo, hi = (s["value_ci_low_pp"], s["value_ci_high_pp"]) if band == "value" else (
+                    s["baseline_pp"] + s["ci_low_pp"], s["baseline_pp"] + s["ci_high_pp"])
+                if lo.notna().any():
+                    ax.fill_between(s["k"].astype(float), lo.clip(0, 100), hi.clip(0, 100),
+                                    color=c, alpha=0.10, linewidth=0)
             n_bad = _mark_not_ok(ax, g, "k", base)
             ax.set_xlabel("K (sub-steps of the window)")
             ax.set_ylabel("accuracy (%)")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_title(_title(name, n_bad))
             _legend(ax)
-        fig.suptitle("Collapse: accuracy vs K per strategy (band: 95% CI)")
+        fig.suptitle("Collapse: accuracy vs K per strategy (band: " + (
+            "baseline + paired 95% CI of the delta)" if band != "value"
+            else "95% CI of the accuracy, lm-eval stderr)"))
     return fig
 
 
@@ -186,14 +196,17 @@ def plot_strategy(strategy: pd.DataFrame, *, by: str = "k") -> Figure:
             series = list(dict.fromkeys(_series_label(r, ["variant"]) for _, r in g.iterrows()))
             width = 0.8 / max(1, len(series))
             names = list(g["integrator"].unique())
-            by_series = len(series) > len(names)      # variants of one strategy: a colour each
+            hatches = ["", "//", "..", "xx", "\\\\", "++"]
+            variant_of: dict = {}                     # variants of one strategy: a hatch each
             for j, lab in enumerate(series):
                 s = g[np.array([_series_label(r, ["variant"]) == lab for _, r in g.iterrows()], dtype=bool)]
                 xs = np.array([budgets.index(float(b)) for b in s[by]]) + (j - (len(series) - 1) / 2) * width
                 err = np.vstack([(s["delta_pp"] - s["ci_low_pp"]).clip(lower=0),
                                  (s["ci_high_pp"] - s["delta_pp"]).clip(lower=0)])
-                ax.bar(xs, s["delta_pp"], width=width,
-                       color=_PALETTE[j % len(_PALETTE)] if by_series else colour(s["integrator"].iloc[0], names),
+                integ = s["integrator"].iloc[0]
+                n_var = variant_of[integ] = variant_of.get(integ, -1) + 1
+                ax.bar(xs, s["delta_pp"], width=width, color=colour(integ, names),
+                       hatch=hatches[n_var % len(hatches)], edgecolor="white", linewidth=0.5,
                        label=lab, yerr=np.nan_to_num(err), capsize=2, error_kw={"linewidth": 0.8})
             ax.set_xticks(range(len(budgets)), [f"{b:g}" for b in budgets])
             ax.set_xlabel("K (sub-steps)" if by == "k" else "window passes (evaluations of the window)")
@@ -207,38 +220,65 @@ def plot_strategy(strategy: pd.DataFrame, *, by: str = "k") -> Figure:
 
 # ---- depth fraction ---------------------------------------------------------------------------------------
 def plot_depth(depth: pd.DataFrame, *, band: tuple[float, float] = DEPTH_BAND) -> Figure:
-    """Delta vs window centre (depth fraction), one line per model x width, error bars = paired
-    95% CI, shaded = the paper's best band (0.43-0.71), zero line = the baseline; one panel per
-    task x strategy x K x mode. Cells whose window was never resolved (no centre) are not drawn:
-    the depth table lists them."""
+    """Delta vs window centre (depth fraction): small multiples with shared axes, one panel per
+    task x K (x mode when several; K = 1 is left out: most strategies are the plain model
+    there), one line per strategy in its colour (marker per model x width when several), error
+    bars = paired 95% CI, shaded = the paper's best band (0.43-0.71), dashed zero line = the
+    baseline. At most 1600 x 1600 px. Cells without a resolved centre are not drawn (the depth
+    table lists them)."""
     df = depth[depth["window_centre"].notna()] if len(depth) else depth
-    if len(df):     # a panel needs at least two windows to say anything about depth
-        n_win = df.groupby(["task", "integrator", "k", "mode", "model_name", "window_width", "variant"],
-                           dropna=False)["window_centre"].transform("nunique")
+    if len(df):
+        df = df[df["k"].astype(float) > 1]
+    if len(df):     # a line needs at least two windows to say anything about depth
+        n_win = df.groupby(["task", "integrator", "k", "mode", "model_name", "window_width",
+                            "variant"], dropna=False)["window_centre"].transform("nunique")
         df = df[n_win > 1]
     if df.empty:
-        return _empty("no windows with a known centre")
+        return _empty("no windows with a known centre at K > 1")
     with style():
-        panels = _panels(df, ["task", "integrator", "k", "mode"])
-        fig, axes = _figure(len(panels), ncols=2, size=(6.0, 3.8))
+        keys = ["task", "k"] + (["mode"] if df["mode"].nunique() > 1 else [])
+        panels = _panels(df, keys)
+        ncols = min(len(panels), max(1, df["k"].nunique()), 5)
+        nrows = math.ceil(len(panels) / ncols)
+        size = (min(3.1, 15.0 / ncols), min(2.6, 14.0 / nrows))
+        fig, axes = _figure(len(panels), ncols=ncols, size=size)
+        for ax in axes[1:]:
+            ax.sharex(axes[0])
+            ax.sharey(axes[0])
+        names = list(df["integrator"].dropna().unique())
+        series = df[["model_name", "window_width", "variant"]].drop_duplicates() \
+            .astype(str).agg(" ".join, axis=1).tolist()
         for ax, (name, g) in zip(axes, panels):
-            ax.axvspan(*band, color="#f2c14e", alpha=0.22, label=f"paper's best band {band[0]:.2f}-{band[1]:.2f}")
+            ax.axvspan(*band, color="#f2c14e", alpha=0.22,
+                       label=f"paper's best band {band[0]:.2f}-{band[1]:.2f}")
             _baseline(ax, g, at_zero=True)
-            for i, ((model, width, var), s) in enumerate(g[g["status"] == "ok"].groupby(
-                    ["model_name", "window_width", "variant"], dropna=False, sort=True)):
+            for (integ, model, width, var), s in g[g["status"] == "ok"].groupby(
+                    ["integrator", "model_name", "window_width", "variant"], dropna=False,
+                    sort=True):
                 s = s.sort_values("window_centre")
+                key = " ".join(str(v) for v in (model, width, var))
+                mk = WINDOW_MARKERS[series.index(key) % len(WINDOW_MARKERS)] \
+                    if key in series else "o"
                 err = np.vstack([(s["delta_pp"] - s["ci_low_pp"]).clip(lower=0),
                                  (s["ci_high_pp"] - s["delta_pp"]).clip(lower=0)])
-                ax.errorbar(s["window_centre"], s["delta_pp"], yerr=np.nan_to_num(err), marker="o",
-                            capsize=2, color=_PALETTE[i % len(_PALETTE)],
-                            label=f"{model} width {int(width) if not _blank(width) else '?'}"
-                            + (f" {var}" if isinstance(var, str) and var else ""))
+                label = str(integ) + (f" | {model} width {int(width)}" if len(series) > 1
+                                      and not _blank(width) else "")
+                ax.errorbar(s["window_centre"], s["delta_pp"], yerr=np.nan_to_num(err),
+                            marker=mk, capsize=2, color=colour(integ, names), label=label)
             n_bad = _mark_not_ok(ax, g, "window_centre", 0.0)
-            ax.set_xlabel("window centre (depth fraction of the layers)")
-            ax.set_ylabel("delta vs baseline (pp)")
             ax.set_xlim(0, 1)
-            ax.set_title(_title(name, n_bad))
-            _legend(ax)
+            ax.set_title(_title(name, n_bad), fontsize=9)
+        for ax in axes:
+            ax.label_outer()
+        fig.supxlabel("window centre (depth fraction of the layers)")
+        fig.supylabel("delta vs baseline (pp)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[1:]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small")
         fig.suptitle("Depth fraction: delta vs window centre (error bars: paired 95% CI)")
     return fig
 

@@ -194,6 +194,9 @@ def trajectory_figures(metrics: pd.DataFrame, land: Landscape):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import colour
+
+    names = list(dict.fromkeys(metrics["strategy"]))
     fig1, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     panels = [("suffix_loss", "next-token loss via remaining layers (nats)"),
               ("suffix_kl", "KL(unlooped || state) via remaining layers (nats)"),
@@ -203,7 +206,7 @@ def trajectory_figures(metrics: pd.DataFrame, land: Landscape):
               ("dist_from_plain", "||state - g(x0)|| / ||g(x0)||")]
     for ax, (col, label) in zip(axes.ravel(), panels):
         for name, grp in metrics.groupby("strategy", sort=False):
-            ax.plot(grp["step"], grp[col], marker="o", label=name)
+            ax.plot(grp["step"], grp[col], marker="o", label=name, color=colour(name, names))
         ax.set_xlabel("sub-step (0 = window entry x0, last = window output)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -214,7 +217,7 @@ def trajectory_figures(metrics: pd.DataFrame, land: Landscape):
     cs = ax.contourf(land.a, land.b, land.loss, levels=20, cmap="viridis")
     fig2.colorbar(cs, ax=ax, label="next-token loss (nats)")
     for name, p in land.paths.items():
-        ax.plot(p[:, 0], p[:, 1], marker="o", ms=4, label=name)
+        ax.plot(p[:, 0], p[:, 1], marker="o", ms=4, label=name, color=colour(name, names))
         ax.scatter(p[-1, 0], p[-1, 1], marker="*", s=160, edgecolor="white", zorder=5)
     ax.scatter(*next(iter(land.paths.values()))[0], marker="s", s=80, c="white", edgecolor="black",
                zorder=6, label="window entry x0")

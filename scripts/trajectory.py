@@ -3,7 +3,7 @@
     python scripts/trajectory.py                       # embedded model, window c0.5w1 (layer 4:5, as its preset), K = 6
     python scripts/trajectory.py --model Qwen/Qwen3-4B-Instruct-2507 --window 15:19 --k 3 --dtype bfloat16
 
-Writes figures/trajectory_metrics.{png,pdf,csv} and figures/loss_landscape.{png,pdf,csv}.
+Writes results/figures/trajectory_metrics.{png,pdf,csv} and results/figures/loss_landscape.{png,pdf,csv}.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main(argv=None):
     ap.add_argument("--grid", type=int, default=13, help="landscape grid points per axis")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default="figures")
+    ap.add_argument("--out", default="results/figures")
     args = ap.parse_args(argv)
 
     path = args.model

@@ -1,7 +1,7 @@
 """report.make: the report's files from a results store. The one entry point; the command line
 (`scripts/make_report.py`) and the sweep driver (`report=true`) both call `make_report`.
 
-    make_report("results")                            # tables in results/, figures in figures/
+    make_report("results")                            # tables in results/, figures in results/figures/
     make_report(store, figures="figs", cell_ids=grid_ids)    # only these cells (and nothing else)
 
 Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
@@ -24,17 +24,20 @@ from .tables import build_tables
 
 
 def make_report(root: str | Path = "results", out: str | Path | None = None,
-                figures: str | Path = "figures", *, n_boot: int = 2000, seed: int = 0,
+                figures: str | Path | None = None, *, n_boot: int = 2000, seed: int = 0,
                 holm_adjust: bool = True, select_docs=None, reference: bool = True,
-                cell_ids: Iterable[str] | None = None, log=print) -> dict:
+                unrun: bool = False, cell_ids: Iterable[str] | None = None, log=print) -> dict:
     """Load the store at `root` (only the records in `cell_ids` when given), write every table to
-    `out` (default: `root`) and every figure to `figures`. Returns {'written': [paths],
-    'skipped': {name: reason}}."""
+    `out` (default: `root`) and every figure to `figures` (default: `<out>/figures`). The files
+    of the previous report into `out` that this one does not write again are removed (listed in
+    `<out>/report-files.txt`): no stale table stays beside new ones. `unrun`: list the published
+    cells we did not run in the deltas table. Returns {'written': [paths], 'skipped': {name:
+    reason}, 'removed': [paths]}."""
     from harness import plots, store
 
     root = Path(root)
     out = Path(out) if out is not None else root
-    figures = Path(figures)
+    figures = Path(figures) if figures is not None else out / "figures"
     out.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     results = store.load_results(root)
@@ -52,7 +55,7 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     log(f"[report] {len(results)} result rows ({n_ok} ok), {len(samples)} sample rows from "
         f"{scope}")
     ref = load_reference() if reference else None
-    tables = build_tables(results, samples, reference=ref, holm_adjust=holm_adjust,
+    tables = build_tables(results, samples, reference=ref, unrun=unrun, holm_adjust=holm_adjust,
                           select_docs=select_docs, n_boot=n_boot, seed=seed)
     written, skipped = [], {}
     sections = [f"# Report\n\nStore: {scope} ({len(results)} result rows, {len(samples)} sample "
@@ -90,6 +93,32 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
                         + "\n")
     (out / "report.md").write_text("\n".join(sections))
     written.append(out / "report.md")
+    removed = _replace_manifest(out, written)
     log(f"[report] wrote {len(written)} files: tables in {out}, figures in {figures}"
-        + (f"; skipped {len(skipped)}" if skipped else ""))
-    return {"written": written, "skipped": skipped}
+        + (f"; skipped {len(skipped)}" if skipped else "")
+        + (f"; removed {len(removed)} stale file(s) of the previous report" if removed else ""))
+    return {"written": written, "skipped": skipped, "removed": removed}
+
+
+MANIFEST = "report-files.txt"
+
+
+def _replace_manifest(out: Path, written: list[Path]) -> list[Path]:
+    """Remove the files the previous report into `out` wrote and this one did not; record this
+    one's files (paths relative to `out` where inside it)."""
+    def rel(p: Path) -> str:
+        p = p.resolve()
+        return str(p.relative_to(out.resolve())) if p.is_relative_to(out.resolve()) else str(p)
+
+    manifest = out / MANIFEST
+    now = {rel(p) for p in written}
+    before = manifest.read_text().split("\n") if manifest.is_file() else []
+    removed = []
+    for name in before:
+        if name and name not in now:
+            path = out / name if not Path(name).is_absolute() else Path(name)
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    manifest.write_text("".join(f"{n}\n" for n in sorted(now)))
+    return removed

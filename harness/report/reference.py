@@ -64,7 +64,10 @@ def load_reference(path: str | Path | None = None) -> pd.DataFrame:
     return pd.read_csv(path or reference_path())
 
 
-def attach_reference(out: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
+def attach_reference(out: pd.DataFrame, reference: pd.DataFrame | None, *,
+                     unrun: bool = False) -> pd.DataFrame:
+    """The published cell beside each of our rows (same model and benchmark); with `unrun`,
+    every published cell we have no row for is added as a 'missing' row."""
     if reference is None or reference.empty:
         return out
     ref = {(r["model"], r["benchmark"]): r for _, r in reference.iterrows()}
@@ -84,7 +87,7 @@ def attach_reference(out: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Da
             hit["delta_pp"], hit["config_known"], hit["source"]]
     extra = []
     for key, hit in ref.items():
-        if key in used:
+        if key in used or not unrun:
             continue
         extra.append({"model_name": REFERENCE_MODEL_PRESET.get(hit["model"], hit["model"]),
                       "task": REFERENCE_TASK.get(hit["benchmark"], hit["benchmark"]),

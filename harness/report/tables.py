@@ -69,7 +69,7 @@ DELTA_COLUMNS = [
 
 
 def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
-                reference: pd.DataFrame | None = None,
+                reference: pd.DataFrame | None = None, unrun: bool = False,
                 methods: Sequence[str] = ("euler", "anchored"), naive: str = "naive",
                 compared: pd.DataFrame | None = None, holm_adjust: bool = True,
                 n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -79,8 +79,9 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     A method with several cells for one model x task (a grid) is shown at its best delta and
     flagged `best_of_grid` (n_grid = cells it was chosen from). `naive_pp` is the naive cell with
     the chosen cell's K / window / mode / kv / decode / routing, NaN if there is none. A method that
-    appears anywhere in `results` but not for a model x task gives a 'missing' row; every published
-    row of `reference` without a result of ours gives a 'missing' row with the published numbers."""
+    appears anywhere in `results` but not for a model x task gives a 'missing' row; with `unrun`,
+    every published row of `reference` without a result of ours gives a 'missing' row with the
+    published numbers (else published rows appear only beside the model x task we ran)."""
     cmp = with_names(ensure_compared(results, samples, compared, n_boot, confidence, seed))
     res = with_names(results)
     present = [m for m in methods if (cmp["integrator"] == m).any()] if len(cmp) else []
@@ -127,7 +128,7 @@ def delta_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
             rows.append(row)
     out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
     out["best_of_grid"] = out["best_of_grid"].fillna(False).astype(bool)
-    out = attach_reference(out, reference)
+    out = attach_reference(out, reference, unrun=unrun)
     out["p_holm"] = holm_column(out) if holm_adjust else math.nan
     return sort_rows(out, ["model_name", "task", "method"])
 
@@ -595,8 +596,8 @@ _HIDE = ("cell_id", "baseline_cell_id", "confirm_cell_id", "alpha", "beta", "win
 
 
 def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
-                 reference: pd.DataFrame | None = None, holm_adjust: bool = True,
-                 select_docs: Iterable | None = None, select_fraction: float = 0.5,
+                 reference: pd.DataFrame | None = None, unrun: bool = False,
+                 holm_adjust: bool = True, select_docs: Iterable | None = None, select_fraction: float = 0.5,
                  n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> list[ReportTable]:
     """Every table of the report from the store's two frames. A table whose inputs are absent is
     returned with `skipped` set (e.g. no looped cells, no MoE model, no window grid). Select-then-
@@ -615,7 +616,7 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     def add(name, frame, display, skipped=None):
         tables.append(ReportTable(name, _TITLES[name], frame, display, skipped))
 
-    dt = delta_table(results, samples, reference=reference, **kw)
+    dt = delta_table(results, samples, reference=reference, unrun=unrun, **kw)
     add("deltas", dt, format_table(dt, drop=_HIDE))
     if not has_looped:
         for name in ("collapse", "strategy_k", "strategy_passes", "depth", "depth_summary", "moe",

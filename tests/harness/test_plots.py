@@ -20,9 +20,15 @@ def _check(fig):
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.has_data()]
     assert axes, "no axes with data"
     for ax in axes:
-        assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes: {ax.get_title()!r}"
-        assert ax.get_legend() is not None
+        assert (ax.get_xlabel() or fig.get_supxlabel()) and (ax.get_ylabel() or fig.get_supylabel()), \
+            f"unlabelled axes: {ax.get_title()!r}"         # per panel, or shared by all
+        assert ax.get_legend() is not None or fig.legends       # per panel, or one for all
     return axes
+
+
+def _legend_texts(fig, axes):
+    legends = [ax.get_legend() for ax in axes if ax.get_legend()] + list(fig.legends)
+    return [t.get_text() for leg in legends for t in leg.get_texts()]
 
 
 @pytest.mark.parametrize("name", list(plots.FIGURES))
@@ -30,7 +36,7 @@ def test_every_figure_on_the_synthetic_frame(tables, name, tmp_path):
     table_name, fn = plots.FIGURES[name]
     fig = fn(tables[table_name].frame)
     axes = _check(fig)
-    labels = [t.get_text() for ax in axes for t in ax.get_legend().get_texts()]
+    labels = _legend_texts(fig, axes)
     assert any("baseline" in lab or "plain model" in lab for lab in labels), labels
     fig.savefig(tmp_path / f"{name}.png")
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
@@ -48,8 +54,13 @@ def test_collapse_units_strategies_and_failed_marker(tables):
 
 def test_depth_band_and_moe_models(tables):
     fig = plots.plot_depth(tables["depth"].frame)
-    assert "depth fraction" in fig.axes[0].get_xlabel()
-    assert any("0.43-0.71" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert "depth fraction" in fig.get_supxlabel()
+    assert any("0.43-0.71" in t for t in _legend_texts(fig, fig.axes))
+    # small multiples with shared axes, no K = 1 panel, at most 1600 x 1600 px
+    assert all("K=1" not in ax.get_title() for ax in fig.axes)
+    assert all(ax.get_shared_y_axes().joined(fig.axes[0], ax) for ax in fig.axes)
+    w, h = fig.get_size_inches() * fig.dpi
+    assert w <= 1600 and h <= 1600, (w, h)
     fig = plots.plot_moe(tables["moe"].frame)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["moe-b"]
 
@@ -67,3 +78,49 @@ def test_empty_inputs_and_backend(tables):
         assert isinstance(fig, Figure) and fig.axes[0].get_xlabel()
     with pytest.raises(ValueError):
         plots.plot_strategy(tables["strategy_k"].frame, by="wall")
+
+
+def _strategy_colours(fig) -> dict:
+    """{strategy: colours} of every line / errorbar / bar labelled by a strategy name."""
+    from matplotlib.colors import to_hex
+
+    out: dict = {}
+    for ax in fig.axes:
+        for artist in [*ax.get_lines(), *ax.containers]:
+            label = str(artist.get_label()).split(" ")[0]
+            if label in ("naive", "euler", "anchored"):
+                if hasattr(artist, "get_color"):
+                    c = artist.get_color()
+                elif hasattr(artist, "lines"):               # an errorbar container
+                    c = artist.lines[0].get_color()
+                else:                                        # a bar container
+                    c = artist.patches[0].get_facecolor()
+                out.setdefault(label, set()).add(to_hex(c))
+    return out
+
+
+@pytest.mark.parametrize("name", ["collapse", "strategy_k", "depth", "cost"])
+def test_one_colour_per_strategy_in_every_figure(tables, name):
+    table_name, fn = plots.FIGURES[name]
+    found = _strategy_colours(fn(tables[table_name].frame))
+    assert found, f"{name}: no strategy drawn"
+    for strategy, colours in found.items():
+        assert colours == {plots.colour(strategy)}, (name, strategy, colours)
+
+
+def test_trajectory_figures_use_the_palette():
+    import numpy as np
+    import pandas as pd
+
+    from harness.trajectory import Landscape, trajectory_figures
+
+    rows = [dict(strategy=s, step=i, suffix_loss=1.0, suffix_kl=0.1, lens_top1=0.5, norm=1.0,
+                 cos_prev=0.9, dist_from_plain=0.1) for s in ("naive", "euler", "anchored")
+            for i in range(3)]
+    a = np.linspace(-1, 1, 3)
+    land = Landscape(a=a, b=a, loss=np.ones((3, 3)), explained=(0.6, 0.3),
+                     paths={s: np.zeros((3, 2)) for s in ("naive", "euler", "anchored")})
+    for fig in trajectory_figures(pd.DataFrame(rows), land):
+        found = _strategy_colours(fig)
+        assert set(found) == {"naive", "euler", "anchored"}
+        assert all(c == {plots.colour(s)} for s, c in found.items())

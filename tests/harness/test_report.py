@@ -153,7 +153,9 @@ def test_compare_without_baseline_or_samples():
 
 def test_delta_table_by_hand():
     res, smp = hand_frames()
-    dt = report.delta_table(res, smp, reference=report.load_reference(), n_boot=500)
+    only_ours = report.delta_table(res, smp, reference=report.load_reference(), n_boot=500)
+    assert set(only_ours["model_name"]) == set(res["model_name"])   # no unrun published rows
+    dt = report.delta_table(res, smp, reference=report.load_reference(), unrun=True, n_boot=500)
     ours = dt[dt["model_name"] == "qwen3-4b"].set_index(["task", "method"])
     e = ours.loc[("commonsense_qa", "euler")]
     assert e["status"] == "ok" and e["cell_id"] == "e2"

@@ -157,14 +157,16 @@ def test_submitit_local_same_records_and_one_shared_baseline(basic_grid, tiny_di
 
 def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_path):
     """report=true builds the tables from the grid's own cells and their baseline (also with
-    baseline=false): another grid's records in the same store stay out; figures go to `figures=`."""
+    baseline=false): another grid's records in the same store stay out; figures go to `figures=`,
+    else under the store."""
     import csv
     import shutil
 
     store = tmp_path / "results"
     shutil.copytree(basic_grid[0], store)          # holds the k = 2, 3, 4 grid
     figures = tmp_path / "figs"
-    committed = (ROOT / "figures" / "collapse.png").stat().st_mtime_ns
+    committed = (ROOT / "results" / "figures" / "collapse.png").stat().st_mtime_ns
+    git_before = git_status()
     r = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true", f"figures={figures}",
                                                                  "baseline=false"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -173,4 +175,16 @@ def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_p
     rows = list(csv.DictReader((store / "collapse.csv").open()))
     assert rows and {float(row["k"]) for row in rows} == {5.0, 6.0}
     assert (figures / "collapse.png").is_file()
-    assert (ROOT / "figures" / "collapse.png").stat().st_mtime_ns == committed
+    assert (ROOT / "results" / "figures" / "collapse.png").stat().st_mtime_ns == committed
+    # without figures=: under the store; the previous report's files it does not rewrite go
+    again = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true",
+                                                                     "baseline=false"])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (store / "figures" / "collapse.png").is_file() and not (figures / "collapse.png").exists()
+    assert "stale file(s) of the previous report" in again.stdout
+    assert git_status() == git_before                     # nothing written into the checkout
+
+
+def git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                          text=True).stdout
