@@ -2,7 +2,7 @@
 Slurm launcher: munge, slurmctld and slurmd as root, everything under one folder.
 
     python scripts/local_slurm.py install            # apt-get slurmctld slurmd slurm-client munge
-    python scripts/local_slurm.py start DIR          # configure + start; prints `export SLURM_CONF=`
+    python scripts/local_slurm.py start DIR          # configure, start, print `export SLURM_CONF`
     SLURM_CONF=DIR/slurm.conf sbatch --array=0-2 --wrap 'echo $SLURM_ARRAY_TASK_ID'
     python scripts/local_slurm.py stop DIR           # stop the daemons (by their pid files)
 

@@ -5,8 +5,10 @@ root, not Linux, no apt-get, no package index)."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ def _local_slurm():
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
+def slurm():
     """The running cluster (local_slurm.Cluster); `slurm.env()` has SLURM_CONF."""
     ls = _local_slurm()
     why = ls.check()
@@ -35,12 +37,21 @@ def slurm(tmp_path_factory):
     except subprocess.CalledProcessError as e:
         last = (e.stderr or e.stdout or "").strip().splitlines()[-1:] or [str(e)]
         pytest.skip(f"no local Slurm here: apt-get failed ({last[0]})")
-    cluster = ls.Cluster(tmp_path_factory.mktemp("slurm"))
-    started = cluster.start()
+    # not under pytest's basetemp: munged (the munge user) must traverse every folder above
+    # its socket, and pytest's are private to root
+    root = tempfile.mkdtemp(prefix="loopsweep-slurm-")
+    cluster = ls.Cluster(root)
+    try:
+        started = cluster.start()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     cluster.timings = {"install_s": installed, "start_s": started}
     print(f"\n[slurm] installed in {installed:.1f}s, started in {started:.1f}s "
           f"({cluster.cpus} CPUs, {cluster.mem_mb} MB)", file=sys.stderr)
     try:
         yield cluster
     finally:
-        cluster.stop()
+        stopped = cluster.stop()
+        print(f"\n[slurm] stopped {', '.join(stopped) or 'nothing'}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
