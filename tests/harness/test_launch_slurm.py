@@ -68,3 +68,27 @@ def test_slurm_time_formats():
     assert slurm.parse_time_min("12:00:00") == 720 and slurm.parse_time_min("30") == 30
     assert slurm.parse_time_min("infinite") is None
     assert slurm.gpu_count("gpu:a100:2(S:0-1),mps:100") == 2 and slurm.gpu_count("(null)") == 0
+
+
+def fake_bin(tmp_path, monkeypatch, name: str, script: str):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_task_states_from_squeue_then_accounting(tmp_path, monkeypatch):
+    """squeue lists what it still knows; sacct (with accounting) gives the final state of the
+    others; without accounting (sacct fails) they are simply absent (GONE for the board)."""
+    fake_bin(tmp_path, monkeypatch, "squeue", "echo '12_0|RUNNING|None'\n")
+    fake_bin(tmp_path, monkeypatch, "sacct",
+             "printf '12_0|RUNNING|0:0\\n12_1|CANCELLED by 0|0:15\\n12_2|FAILED|9:0\\n'\n")
+    states = slurm.task_states(["12_0", "12_1", "12_2"])
+    assert states == {"12_0": ("RUNNING", "None"), "12_1": ("CANCELLED", "exit 0:15"),
+                      "12_2": ("FAILED", "exit 9:0")}
+    fake_bin(tmp_path, monkeypatch, "sacct",
+             "echo 'sacct: error: Slurm accounting storage is disabled' >&2; exit 1\n")
+    assert slurm.task_states(["12_0", "12_1"]) == {"12_0": ("RUNNING", "None")}
+    fake_bin(tmp_path, monkeypatch, "squeue", "echo 'slurm_load_jobs error' >&2; exit 1\n")
+    assert slurm.task_states(["12_0"]) is None          # the controller cannot be asked
