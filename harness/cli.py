@@ -7,11 +7,13 @@ lm-eval 0.4.13 does not discover third-party models, so this script imports `har
 (whose `@register_model("looped")` registers the model) and hands over to
 `lm_eval.__main__.cli_evaluate`: every argument, subcommand and output is lm-eval's.
 
-Three additions, all outside lm-eval's argument parsing:
+Four additions, all outside lm-eval's argument parsing:
 - when the command line names no `--include_path`, the project's local tasks
-  (`harness.tasks.cli_tasks_dir()`: the fixtures and the embedded model's tasks) are added, so
-  `--tasks fixture_mmlu_pro` and `--tasks embedded_mc` work offline (lm-eval takes one
-  `--include_path`: with your own, add these tasks to it yourself);
+  (`harness.tasks.cli_tasks_dir()`: the fixtures, the embedded model's tasks and, once fetched,
+  the real-data `local_*` tasks) are added to `run`, `ls` and `validate`, so
+  `--tasks fixture_mmlu_pro` and `--tasks embedded_mc` work offline and `ls tasks` / `validate`
+  see them (lm-eval takes one `--include_path`: with your own, add these tasks to it yourself);
+- `--help` (and `run --help`) ends with the `looped` model's args, one line each;
 - real models and data (`loopsweep-assets`, harness.assets): `pretrained=smollm2-135m` (or
   `gemma3-270m`) in --model_args names the fetched, dequantised folder; a missing asset or a
   real-data task (`local_*`) named before its fetch ends the run with the fetch command;
@@ -26,8 +28,9 @@ import sys
 
 
 def _with_fixture_tasks(argv: list[str]) -> list[str]:
-    """argv plus `--include_path <local tasks>` for a `run` (explicit or legacy) without one."""
-    if len(argv) < 2 or argv[1] in ("ls", "validate", "-h", "--help"):
+    """argv plus `--include_path <local tasks>` for a `run` (explicit or legacy), `ls` or
+    `validate` without one."""
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
         return argv
     if any(a == "--include_path" or a.startswith("--include_path=") for a in argv[1:]):
         return argv
@@ -80,12 +83,60 @@ def _with_assets(argv: list[str]) -> list[str]:
     return out
 
 
+def looped_args_help() -> str:
+    """The `looped` model's args (`--model looped --model_args k=v,...`), one line each: every
+    LoopConfig field with its default and the first line of its description (looping.config), then
+    `recipe` and `loop`; any other key goes to lm-eval's HFLM (`--model hf`'s args)."""
+    import dataclasses
+
+    from looping import RECIPES, LoopConfig
+
+    described: dict[str, str] = {}
+    name = None
+    for line in (LoopConfig.__doc__ or "").splitlines():
+        m = re.match(r"    (\w+)\s{2,}(\S.*)", line)
+        if m and m.group(1) in {f.name for f in dataclasses.fields(LoopConfig)}:
+            name = m.group(1)
+            described[name] = m.group(2).strip()
+        elif name and line.startswith("     ") and line.strip():
+            described[name] += " " + line.strip()
+        else:
+            name = None
+    rows = []
+    for f in dataclasses.fields(LoopConfig):
+        text = described.get(f.name, "")
+        text = re.split(r"\.\s+(?=[A-Z(])", text)[0].rstrip(".")
+        rows.append((f"{f.name}={f.default}", text))
+    rows.append(("recipe=NAME", "a named preset of the fields above: " + ", ".join(RECIPES)))
+    rows.append(("loop=NAME", "the base setting (a recipe name; in Python a LoopConfig or a dict); "
+                              "the fields above override it"))
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(
+        ["", "looped model args (--model looped --model_args pretrained=...,k=3,window=15:19):"]
+        + [f"  {k.ljust(width)}{v}" for k, v in rows]
+        + ["  (no loop arg: the plain model; every other arg is --model hf's: dtype, device, "
+           "batch_size, ...)"])
+
+
+def _asks_help(argv: list[str]) -> bool:
+    rest = argv[1:]
+    return bool(rest) and (rest[0] in ("-h", "--help") or rest[0] == "run"
+                           and any(a in ("-h", "--help") for a in rest[1:]))
+
+
 def main(argv: list[str] | None = None) -> None:
     import harness.adapter  # noqa: F401  registers `looped`
     from lm_eval.__main__ import cli_evaluate
 
     if argv is not None:
         sys.argv = [sys.argv[0] if sys.argv else "loopsweep-eval", *argv]
+    if _asks_help(sys.argv):
+        try:
+            cli_evaluate()
+        finally:
+            sys.stdout.flush()
+            print(looped_args_help())
+        return
     sys.argv = _with_fixture_tasks(_with_assets(list(sys.argv)))
     cli_evaluate()
 

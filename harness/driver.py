@@ -5,6 +5,7 @@
     python sweep.py model=qwen3-4b loop.k=2,3,4       # a grid without -m: 3 cells + 1 baseline
     python sweep.py model=qwen3-4b loop.k=2,3,4 dry_run=true   # the plan only (also: --cfg job)
     python sweep.py experiment=table-deltas launcher=slurm     # one Slurm array, a task per model
+    python sweep.py experiment=demo launcher=slurm_cpu group_by=cost   # tasks that fit the limit
 
 The pass (docs/sweeps.md):
 1. parse the command line: Hydra overrides, plus a few flags (`--cfg job|hydra|all`, `-m`,
@@ -188,7 +189,7 @@ def usage() -> str:
              "config groups (group=option):"]
     for g in groups():
         lines.append(f"  {g}: {', '.join(group_options(g))}")
-    lines += ["", "settings: store=results force=false baseline=true group_by=model|cell "
+    lines += ["", "settings: store=results force=false baseline=true group_by=model|cell|cost "
               "dry_run=false report=false figures=null allow_code_eval=false device=null "
               "eval.batch_size=8 wandb.mode=null", "", "docs/sweeps.md has the details."]
     return "\n".join(lines)
@@ -242,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         print(format_plan(plan))
         print("[loopsweep] plan only: nothing was loaded or run")
         return 0
+    if plan.todo:
+        from .launch import LaunchError
+
+        try:                  # e.g. Slurm: no node of the partition can ever run a task
+            runner.preflight(plan)
+        except LaunchError as e:
+            print(f"{PROG}: {e}", file=sys.stderr)
+            return 2
     return run_plan(plan, runner)
 
 
@@ -305,7 +314,14 @@ def run_plan(plan, runner) -> int:
         err = ((rec.error if rec else None) or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
     _answer(s.store, plan)
+    partial = len(summary["failed"]) + len(summary["missing"])
+    if partial:
+        print(f"[loopsweep] partial grid: {partial} of {len(plan.cells)} cells not ok; run the "
+              f"same command again to compute them", flush=True)
     if s.report:
+        if partial:
+            print(f"[loopsweep] the report covers a partial grid ({partial} cells not ok)",
+                  flush=True)
         _report(s.store, plan.report_ids(), s.figures)
     return 1 if summary["failed"] or summary["missing"] else 0
 

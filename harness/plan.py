@@ -34,7 +34,7 @@ from .spec import CellSpec, cell_id, loop_text, spec_from_config
 # Keys that do not describe a cell: kept out of the cells' labels.
 META_KEYS = ("hydra", "store", "force", "baseline", "group_by", "dry_run", "report", "figures",
              "allow_code_eval", "lock_stale_s", "device", "sharing", "wandb", "launcher")
-GROUP_BY = ("model", "cell")
+GROUP_BY = ("model", "cell", "cost")
 
 
 # ---- expanding overrides ---------------------------------------------------------------------
@@ -238,12 +238,13 @@ class Plan:
         return sum(shared.values()), len(shared), alone
 
     def jobs(self) -> list[dict]:
-        """The launcher jobs of the cells to compute: one per model (group_by=model), or one per
+        """The launcher jobs of the cells to compute: one per model (group_by=model; also for
+        group_by=cost, which the Slurm launcher then splits by cost, harness.launch), or one per
         cell (group_by=cell: a looped cell's job also tries its baseline first; the cell lock
         lets exactly one job compute it)."""
         groups: dict[Any, list[PlannedCell]] = {}
         for c in self.todo:
-            key = c.spec.model_key() if self.settings.group_by == "model" else c.cell_id
+            key = c.cell_id if self.settings.group_by == "cell" else c.spec.model_key()
             groups.setdefault(key, []).append(c)
         if self.settings.group_by == "cell":
             for members in list(groups.values()):

@@ -223,9 +223,9 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
             pass_before = shared[0].wall_time_s if shared is not None else None
             results = evaluate_spec(spec, lm, cache_path=str(cache / "lm"),
                                     allow_code_eval=allow_code_eval)
-        except BaseException as e:       # noqa: BLE001 - a failed cell is a record, not a crash
-            if isinstance(e, KeyboardInterrupt):
-                raise
+        except Exception as e:        # a failed cell is a record, not a crash; KeyboardInterrupt,
+            # SystemExit and a launcher task's stop signal (harness.slurm.TaskStop) propagate: the
+            # cell stays missing (its request cache kept for the rerun), never `failed`
             status = "oom" if _is_oom(e) else "failed"
             error = "".join(traceback.format_exception(e))
         wall = time.perf_counter() - t0

@@ -3,7 +3,8 @@
 Owns the on-disk layout under a results root (default `results/`):
 
     cells/<cell_id>.json    one record per cell (harness.record.CellRecord), tmp + os.replace
-    locks/<cell_id>.lock    held while a process computes the cell (O_CREAT|O_EXCL)
+    locks/<cell_id>.lock    held while a process computes the cell (O_CREAT|O_EXCL): JSON with
+                            its pid, host, time and Slurm job id (null outside Slurm)
     cache/<cell_id>/        lm-eval's per-cell request cache (resume after preemption)
 
 Invariants: a record file is either absent or complete (never half written, also under SIGKILL);
@@ -174,6 +175,12 @@ def _try_create(path: Path, payload: str) -> bool:
     return True
 
 
+def _slurm_job() -> str | None:
+    """The Slurm job holding a lock ('1234_5' for an array task), or None outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 @contextlib.contextmanager
 def cell_lock(root: str | os.PathLike, cell_id: str, *, stale_s: float = 86400) -> Iterator[bool]:
     """Try to become the one process computing `cell_id`. Yields True when the lock is ours, False
@@ -181,7 +188,8 @@ def cell_lock(root: str | os.PathLike, cell_id: str, *, stale_s: float = 86400) 
     preemption), or older than `stale_s` from another host, is taken over."""
     path = lock_path(root, cell_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+    payload = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+                          "slurm_job": _slurm_job()})
     acquired = _try_create(path, payload)
     if not acquired and _lock_is_stale(path, stale_s):
         # Break the stale lock under a second, short-lived lock, re-checking staleness once we hold

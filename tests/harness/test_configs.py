@@ -150,7 +150,10 @@ def test_experiment_composes_with_slurm(hydra_ctx, experiment):
     launcher = cfg.launcher
     assert launcher.kind == "slurm"
     assert launcher.partition and launcher.gpus_per_node == 1 and launcher.array_parallelism > 0
-    assert launcher.timeout_min > 0 and isinstance(list(launcher.setup), list)
+    assert launcher.timeout_min == "auto" and isinstance(list(launcher.setup), list)
+    assert 0 < launcher.min_task_min < launcher.max_task_min
+    cpu = compose([f"experiment={experiment}", "launcher=slurm_cpu"]).launcher
+    assert cpu.kind == "slurm" and cpu.gpus_per_node is None and cpu.partition is None
     assert cfg.hydra.sweeper.params, f"experiment/{experiment}: no grid in hydra.sweeper.params"
     # every combination of the experiment's grid composes (first value of each sweep)
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper

@@ -224,7 +224,9 @@ def test_slurm_runner_configures_submitit_from_the_launcher_group(session, tmp_p
     from omegaconf import OmegaConf
     runner = launch.get_runner(OmegaConf.to_container(cfg, resolve=True))
     ex = runner.executor(tmp_path / "%j", name="loopsweep-test")    # validates every parameter
-    assert ex.cluster == "slurm" and isinstance(runner, launch.SubmititRunner)
+    from submitit.slurm.slurm import SlurmExecutor          # one array also for a single job
+    assert isinstance(ex, SlurmExecutor) and isinstance(runner, launch.SubmititRunner)
+    assert ex.parameters["account"] == "proj" and ex.parameters["qos"] == "high"
     local = launch.get_runner({"kind": "submitit_local", "timeout_min": 5})
     assert local.executor(tmp_path / "%j", name="x").cluster == "local"
     assert isinstance(launch.get_runner({"kind": "local"}), launch.LocalRunner)
