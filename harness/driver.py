@@ -313,20 +313,32 @@ def run_plan(plan, runner) -> int:
         rec = st.read_record(s.store, cid) if st.status_of(s.store, cid) != "broken" else None
         err = ((rec.error if rec else None) or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
-    _answer(s.store, plan)
+    frame = _answer(s.store, plan)
     partial = len(summary["failed"]) + len(summary["missing"])
     if partial:
         print(f"[loopsweep] partial grid: {partial} of {len(plan.cells)} cells not ok; run the "
               f"same command again to compute them", flush=True)
+    figures = []
     if s.report:
         if partial:
             print(f"[loopsweep] the report covers a partial grid ({partial} cells not ok)",
                   flush=True)
-        _report(s.store, plan.report_ids(), s.figures)
+        figures = _report(s.store, plan.report_ids(), s.figures)
+    if todo:
+        _grid_run(plan, frame, figures)
     return 1 if summary["failed"] or summary["missing"] else 0
 
 
-def _answer(store: str, plan) -> None:
+def _grid_run(plan, frame, figures) -> None:
+    """The grid-level wandb run: the summary table and the report's figures."""
+    from .tracking import Tracker
+
+    tracker = Tracker.from_config(plan.settings.wandb, group=plan.grid_id,
+                                  dir=Path(plan.settings.store) / "wandb")
+    tracker.log_grid(plan.grid_id, frame, [f for f in figures if str(f).endswith(".png")])
+
+
+def _answer(store: str, plan):
     """The grid's answer: every cell's accuracy and delta vs its baseline with the paired CI and
     p (harness.summary), printed and written to <store>/summary.md / .csv."""
     from .summary import format_summary, grid_summary, write_summary
@@ -334,16 +346,17 @@ def _answer(store: str, plan) -> None:
     try:
         frame = grid_summary(store, plan.cell_ids)
         if frame.empty:
-            return
+            return None
         paths = write_summary(store, frame, plan.grid_id)
     except Exception as e:     # noqa: BLE001 - the records are the result; the summary is extra
         print(f"[loopsweep] the summary failed ({type(e).__name__}: {e}); records are in "
               f"{store}/cells")
-        return
+        return None
     print(f"[loopsweep] grid {plan.grid_id}: delta = looped - baseline (pp, paired documents), "
           f"95% paired bootstrap CI, exact McNemar p, Holm across the grid; best = largest "
           f"delta whose CI lies above 0\n{format_summary(frame)}\n[loopsweep] summary written to "
           f"{paths[0]} and {paths[1].name}", flush=True)
+    return frame
 
 
 def summarize(store, cids, before, force, started) -> dict:
@@ -366,15 +379,16 @@ def summarize(store, cids, before, force, started) -> dict:
     return out
 
 
-def _report(store: str, cell_ids: list[str], figures: str | None) -> None:
-    """The report of this grid's records (other grids in the store stay out)."""
+def _report(store: str, cell_ids: list[str], figures: str | None) -> list:
+    """The report of this grid's records (other grids in the store stay out); its files."""
     from .report import make_report
 
     try:
-        make_report(store, figures=figures, cell_ids=cell_ids)
+        return make_report(store, figures=figures, cell_ids=cell_ids)["written"]
     except Exception as e:     # noqa: BLE001 - the grid's records are the result; the report is extra
         print(f"[loopsweep] the report failed ({type(e).__name__}: {e}); records are in "
               f"{store}/cells")
+        return []
 
 
 if __name__ == "__main__":

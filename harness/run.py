@@ -208,6 +208,9 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
         if force:
             for f in cache.glob("*"):
                 f.unlink()
+        run = None if tracker is None else tracker.start_cell(
+            spec.to_dict(), cell_id=cid,
+            baseline_id=None if spec.is_baseline else cell_id(spec.baseline()))
         t0 = time.perf_counter()
         lm = results = None
         status, error = "ok", None
@@ -251,7 +254,9 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
         if status == "oom":
             models.clear()
         if tracker is not None:
-            tracker.log_cell(record, name=label or describe(spec))
+            base = None if spec.is_baseline else _store.read_record(store, record.baseline_id)
+            tracker.finish_cell(run, record, baseline=base if base and base.status == "ok"
+                                else None)
         return CellResult(cid, status, True, path, record, wall)
 
 

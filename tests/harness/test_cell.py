@@ -221,18 +221,46 @@ def test_busy_cell_is_left_to_its_holder(tmp_path, tiny_dir, task_dir):
 
 
 @pytest.mark.slow
-def test_wandb_two_cells_make_two_offline_runs(tmp_path, tiny_dir, task_dir, monkeypatch):
-    from harness.tracking import Tracker
+def test_wandb_runs_live_with_delta_ci_and_per_sample_table(tmp_path, tiny_dir, task_dir,
+                                                            monkeypatch):
+    from harness.tracking import Tracker, read_offline_run
     monkeypatch.delenv("WANDB_MODE", raising=False)
     tracker = Tracker(mode=None, group="g1", dir=tmp_path / "wandb")
     assert tracker.mode == "offline"
-    specs = [tiny_spec(tiny_dir, task_dir), tiny_spec(tiny_dir, task_dir, loop=None)]
+    looped = tiny_spec(tiny_dir, task_dir)
+    specs = [looped.baseline(), looped]                    # the baseline first: then the delta
     out = run_cells([(s, f"cell{i}") for i, s in enumerate(specs)], store=tmp_path, device="cpu",
                     tracker=tracker)
     assert len(out["done"]) == 2
     assert len(tracker.runs) == 2 and len(set(tracker.runs)) == 2, tracker.errors
-    runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2
+    runs = {}
+    for folder in sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*")):
+        r = read_offline_run(folder)
+        runs[r["name"]] = r
+    assert set(runs) == {"tiny|fx|baseline", "tiny|fx|euler K3 1:3"}, set(runs)
+    for spec in specs:
+        rec = st.read_record(tmp_path, cell_id(spec))
+        run = runs["tiny|fx|baseline" if spec.loop is None else "tiny|fx|euler K3 1:3"]
+        assert run["group"] == "g1" and run["job_type"] == "cell"
+        # the run started when the cell started: before its computation (record written at
+        # the end, wall_time_s before that), not after it finished
+        started = st.record_path(tmp_path, rec.cell_id).stat().st_mtime - rec.cost["wall_time_s"]
+        assert run["start_time"] <= started + 1, (run["start_time"], started)
+        (task,) = rec.samples
+        rows = run["tables"][f"samples/{task}"]
+        assert len(rows) == len(rec.samples[task]) > 0
+        assert {r["doc_hash"] for r in rows} == {x["doc_hash"] for x in rec.samples[task]}
+    base = st.read_record(tmp_path, cell_id(specs[0]))
+    s = runs["tiny|fx|euler K3 1:3"]["summary"]
+    plain = {x["doc_id"]: x["score"] for x in base.samples[task]}
+    rows = runs["tiny|fx|euler K3 1:3"]["tables"][f"samples/{task}"]
+    assert all(r["correct_plain"] == plain[r["doc_id"]] for r in rows)
+    looped_rec = st.read_record(tmp_path, cell_id(looped))
+    delta = 100 * (sum(x["score"] for x in looped_rec.samples[task])
+                   - sum(plain.values())) / len(plain)
+    assert s[f"delta_pp/{task}"] == pytest.approx(delta)
+    assert s[f"ci_low_pp/{task}"] <= s[f"delta_pp/{task}"] <= s[f"ci_high_pp/{task}"]
+    assert 0 <= s[f"p_mcnemar/{task}"] <= 1
 
 
 def test_wandb_mode_precedence(monkeypatch):
