@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from harness.run import peak_rss_bytes, reset_peak_rss  # noqa: F401 - re-exported
 from looping.arch import describe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,28 +202,6 @@ def rss_bytes() -> int | None:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident high-water mark (VmHWM) of this process (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int | None:
-    """VmHWM: the resident high-water mark since start or since the last `reset_peak_rss`."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def maxrss_bytes() -> int:

@@ -100,13 +100,53 @@ class CellResult:
         return self.record.error if self.record is not None else None
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM: the resident high-water mark since start or since the last `reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_mem(device: str) -> None:
+    """Start a cell's peak-memory window: CUDA's peak allocation, or the process's VmHWM."""
+    try:
+        import torch
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            return
+    except Exception:
+        pass
+    reset_peak_rss()
+
+
 def _peak_mem(device: str) -> int | None:
+    """The cell's peak memory since reset_peak_mem: CUDA's max allocated bytes on a GPU; on CPU
+    the process's resident high-water mark during the cell (the loaded model included), or,
+    where /proc is not there, the process's peak so far (ru_maxrss)."""
     try:
         import torch
         if str(device).startswith("cuda") and torch.cuda.is_available():
             return int(torch.cuda.max_memory_allocated())
     except Exception:
         pass
+    hwm = peak_rss_bytes()
+    if hwm is not None:
+        return hwm
     try:
         import resource
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024   # process peak RSS
@@ -215,12 +255,7 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
         lm = results = None
         status, error = "ok", None
         try:
-            try:
-                import torch
-                if device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-            except Exception:
-                pass
+            reset_peak_mem(device)
             model, tok = models.get(spec, device)
             lm = make_lm(spec, model, tok, shared)
             pass_before = shared[0].wall_time_s if shared is not None else None
