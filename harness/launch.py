@@ -72,7 +72,7 @@ def wait(jobs: list, *, log: Callable = print) -> list:
 def model_bytes(plan: Plan) -> int | None:
     """The largest model of the plan's cells to compute, in bytes of weights (from the models'
     configs on the meta device, as the plan's costs), or None when unknown."""
-    from .plan import model_arch
+    from .spec import model_arch
 
     sizes = []
     for key in {c.spec.model_key() for c in plan.todo}:
