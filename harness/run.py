@@ -210,6 +210,7 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
         if force:
             for f in cache.glob("*"):
                 f.unlink()
+        _drop_outdated_cache(cache / "lm", log)
         t0 = time.perf_counter()
         lm = results = None
         status, error = "ok", None
@@ -258,6 +259,20 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
 
 
 # ---- a list of cells in one process ------------------------------------------------------------
+def _drop_outdated_cache(prefix: Path, log=print) -> None:
+    """Delete a cell's request-cache db stamped by an older loopsweep (a stamp without every
+    field of harness.adapter.CACHE_FIELDS): the cell id covers those fields, so its requests are
+    this cell's, but the new stamp would refuse the db and the cell would fail on every retry."""
+    from .adapter import CACHE_FIELDS, stamped_response_caches
+
+    for db, stamp in stamped_response_caches(str(prefix)).items():
+        if not set(CACHE_FIELDS) <= set(stamp):
+            log(f"[loopsweep] {db}: request cache of an older loopsweep (no "
+                f"{', '.join(sorted(set(CACHE_FIELDS) - set(stamp)))} in its stamp): deleted, "
+                f"its requests are recomputed", flush=True)
+            Path(db).unlink(missing_ok=True)
+
+
 def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "results",
               force: bool = False, device: str | None = None, allow_code_eval: bool = False,
               lock_stale_s: float = 86400, tracker=None, log=print,

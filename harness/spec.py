@@ -603,7 +603,7 @@ def scoring_only(spec: CellSpec) -> bool:
 def canonical_spec(spec: CellSpec, arch: ModelArch) -> CellSpec:
     """`spec` with its loop made canonical for the model (`canonical_loop`); a baseline is
     returned unchanged. A loop the model cannot run raises SpecError naming the model, its
-    layers and the loop value."""
+    layers and the bad value."""
     if spec.loop is None:
         return spec
     from looping import LoopConfigError
@@ -613,5 +613,6 @@ def canonical_spec(spec: CellSpec, arch: ModelArch) -> CellSpec:
     except (LoopConfigError, SpecError) as e:
         where = spec.model_name or spec.model
         facts = f" ({arch.text()})" if arch.n_layers else ""
-        raise SpecError(f"model={where}{facts}, loop {loop_text(spec.loop)}: {e}") from None
+        # the cause only (the value names itself), so a grid's cells that share it give one line
+        raise SpecError(f"model={where}{facts}: {e}") from None
     return dataclasses.replace(spec, loop=loop)
