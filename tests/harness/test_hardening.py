@@ -130,8 +130,11 @@ def test_second_driver_waits_for_a_cell_a_live_process_computes(tmp_path, monkey
         path.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                     "time": time.time()}))
 
+        waiting = threading.Event()
+
         def other_process_finishes():
-            time.sleep(1.5)
+            waiting.wait(120)                 # the driver has seen the lock
+            time.sleep(0.5)
             rec = dict(record(cid), spec=spec.to_dict())
             st.write_record(tmp_path, CellRecord.from_dict(rec))
             path.unlink()
@@ -139,7 +142,12 @@ def test_second_driver_waits_for_a_cell_a_live_process_computes(tmp_path, monkey
         t = threading.Thread(target=other_process_finishes)
         t.start()
         lines = []
-        summary = hr.run_cells([(spec, "x")], store=tmp_path, log=lambda s, **k: lines.append(s))
+        def log(text, **kw):
+            lines.append(text)
+            if "another process is computing it" in text:
+                waiting.set()
+
+        summary = hr.run_cells([(spec, "x")], store=tmp_path, log=log)
         t.join()
     finally:
         holder.kill()
@@ -304,7 +312,7 @@ def test_a_bad_cell_is_exit_2_before_any_weights_load(tmp_path):
 
 def test_offline_hub_model_is_not_run_once_per_model(warm, session, tmp_path):
     t0 = time.perf_counter()
-    plan = plan_grid(["model=qwen3-4b", "loop.k=2,3,4", f"store={tmp_path}"])
+    plan = plan_grid(["model=qwen3-4b", "task=embedded-mc", "loop.k=2,3,4", f"store={tmp_path}"])
     assert time.perf_counter() - t0 < 10
     assert len(plan.not_run) == 4 and not plan.todo              # 3 looped + the baseline
     reasons = {c.not_run for c in plan.not_run}
@@ -312,7 +320,8 @@ def test_offline_hub_model_is_not_run_once_per_model(warm, session, tmp_path):
 
 
 def test_offline_hub_model_cells_are_reported_not_run_by_the_driver(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "model=qwen3-4b", "loop.k=2,3",
+    r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "model=qwen3-4b",
+                        "task=embedded-mc", "loop.k=2,3",
                         f"store={tmp_path}"], cwd=ROOT, env=env(), capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
