@@ -18,8 +18,10 @@ What it owns:
 - the record: `get_model_info()` adds `loop` (every LoopConfig field plus the resolved window,
   mode and routing) and `loop_stats`, so `results["config"]` carries them (lm-eval 0.4.13 puts the
   raw `model_args` string there and then `update`s it with `get_model_info()`).
-- lm-eval's response cache (`use_cache`) is keyed by request only: a db is bound to the loop
-  setting that first wrote it, and any other setting (or a db of unknown origin) is refused.
+- lm-eval's response cache (`use_cache`) is keyed by request only: a db is stamped with every field
+  that changes a response (CACHE_FIELDS: model path and weights, revision, dtype, batch size, max
+  length, tokenisation / precision options, lm-eval version, loop record) by the run that first
+  writes it; a run that differs in any is refused naming the field (a db of unknown origin too).
 
 Everything else (tokenisation, batching, padding, chat templates, stop sequences) is HFLM's.
 """
@@ -174,6 +176,8 @@ class LoopedLM(HFLM):
         super().__init__(pretrained=pretrained, **hf_kwargs)
         self.handle = None
         self.shared = None      # (SharedPass, setting index) when a sweep scores cells together
+        self.weights_id = None  # the weights' identity for the response-cache stamp (None: read
+                                # from the model: Hub commit, or a local folder's weights hash)
         if self.loop_config is not None:
             if self.AUTO_MODEL_CLASS is not transformers.AutoModelForCausalLM:
                 raise ModelArgsError("looping applies to decoder-only (causal) models only; this model "
@@ -253,10 +257,10 @@ class LoopedLM(HFLM):
         return info
 
     # ---- lm-eval's response cache -----------------------------------------------------------
-    def cache_owner(self) -> str:
-        """What a response-cache db must have been written by to be reused by this LM."""
-        name = getattr(self.model.config, "_name_or_path", "") if isinstance(self.model, torch.nn.Module) else ""
-        return json.dumps({"model": name, "loop": self.loop_record}, sort_keys=True, default=str)
+    def cache_owner(self) -> dict:
+        """What a response-cache db must have been written by to be reused by this LM: every
+        field that changes a response (CACHE_FIELDS)."""
+        return response_cache_owner(self)
 
     def set_cache_hook(self, cache_hook) -> None:
         db = getattr(cache_hook, "dbdict", None)
@@ -278,35 +282,137 @@ def _provenance(model) -> dict | None:
     return read_provenance(getattr(model, "name_or_path", None) or "")
 
 
-def bind_response_cache(db, owner: str) -> None:
-    """Bind an lm-eval response-cache db (`use_cache`) to one model + loop setting.
+#: what a response-cache stamp records, in this order: every field that changes a response
+#: (the request itself is lm-eval's key; these are what it leaves out)
+CACHE_FIELDS = ("model", "weights", "revision", "dtype", "batch_size", "max_length",
+                "add_bos_token", "softmax_dtype", "mixed_precision_dtype", "lm_eval", "loop")
+_UNSET = "(not recorded)"
+
+
+def _weights_id(model) -> str | None:
+    """The weights' identity: the Hub commit the model was loaded from, or a local folder's
+    weights hash (harness.spec.weights_hash, memoised); None when neither is known."""
+    config = getattr(model, "config", None)
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return f"hub:{commit}"
+    path = getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "")
+    if path and os.path.isdir(path):
+        from harness.spec import weights_hash
+        from harness.tasks import _cache_root
+        try:
+            return weights_hash(path, memo_file=_cache_root() / "weights-hashes.json")
+        except OSError:
+            return None
+    return None
+
+
+def response_cache_owner(lm) -> dict:
+    """The stamp of an HFLM (looped or plain): model path, weights, revision, dtype, batch size,
+    max length, tokenisation and precision options, lm-eval version, loop record. A LoopedLM's
+    `weights_id` (set by the sweep from the cell's spec) spares hashing a local folder again."""
+    from harness.spec import package_version
+
+    model = getattr(lm, "_model", None)
+    model = model if isinstance(model, torch.nn.Module) else None
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") if model is not None \
+        else str(getattr(lm, "pretrained", ""))
+
+    def dtype(v):
+        return None if v is None else str(v).removeprefix("torch.")
+    try:
+        max_length = int(lm.max_length)
+    except Exception:              # noqa: BLE001 - a model without a known context length
+        max_length = getattr(lm, "_max_length", None)
+    owner = {
+        "model": name,
+        "weights": getattr(lm, "weights_id", None) or (_weights_id(model) if model is not None
+                                                        else None),
+        "revision": getattr(lm, "revision", None),
+        "dtype": dtype(getattr(model, "dtype", None)),
+        "batch_size": getattr(lm, "batch_size_per_gpu", None),
+        "max_length": max_length,
+        "add_bos_token": getattr(lm, "add_bos_token", None),
+        "softmax_dtype": dtype(getattr(lm, "softmax_dtype", None)),
+        "mixed_precision_dtype": dtype(getattr(lm, "mixed_precision_dtype", None)),
+        "lm_eval": package_version("lm_eval"),
+        "loop": getattr(lm, "loop_record", None),
+    }
+    return json.loads(json.dumps(owner, default=str))
+
+
+def _stamp(value) -> dict:
+    """A stored stamp as a dict (an older loopsweep stored {model, loop} only; anything else is
+    kept whole under 'stamp')."""
+    try:
+        out = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        out = None
+    return out if isinstance(out, dict) else {"stamp": value}
+
+
+def bind_response_cache(db, owner: Mapping | str) -> None:
+    """Bind an lm-eval response-cache db (`use_cache`) to one model + settings + loop setting.
 
     lm-eval keys cached responses by the request alone (`hash_args(method, args)`), never by the
-    model or its args, so a db written under one loop setting would silently answer another.
-    The first user stamps the db; a different setting, or a non-empty db without a stamp (written
-    by `--model hf` or an older run), is refused."""
+    model or its args, so a db written under one setting would silently answer another. The first
+    user stamps the db with `owner` (response_cache_owner: every field that changes a response); a
+    run whose stamp differs is refused with the first differing field (old and new value), and so
+    is a non-empty db without a stamp (written by `--model hf` or an older run)."""
+    owner = _stamp(owner)
     stamp = db.get(CACHE_MARKER)
     if stamp is None:
         if len(db) > 0:
             raise ModelArgsError(
                 f"lm-eval response cache {db.filename!r} holds responses of unknown origin (written "
-                f"without a loop record, e.g. by --model hf). lm-eval keys that cache by request "
-                f"only, so it would serve them to this loop setting. Use a fresh --use_cache path "
-                f"per model and loop setting, or drop --use_cache.")
-        db[CACHE_MARKER] = owner
+                f"without a loopsweep stamp, e.g. by --model hf). lm-eval keys that cache by "
+                f"request only, so it would serve them to this run. Use a fresh --use_cache path "
+                f"per model and setting, or drop --use_cache.")
+        db[CACHE_MARKER] = json.dumps(owner, sort_keys=True)
         db.commit()
-    elif stamp != owner:
-        raise ModelArgsError(
-            f"lm-eval response cache {db.filename!r} was written by {stamp}, not by this run "
-            f"({owner}). lm-eval keys that cache by request only, so it would serve another loop "
-            f"setting's answers. Use a separate --use_cache path per model and loop setting (the "
-            f"Python helper harness.adapter.evaluate does so), or drop --use_cache.")
+        return
+    old = _stamp(stamp)
+    fields = list(CACHE_FIELDS) + sorted((set(old) | set(owner)) - set(CACHE_FIELDS))
+    for name in fields:
+        was, now = old.get(name, _UNSET), owner.get(name, _UNSET)
+        if was != now:
+            raise ModelArgsError(
+                f"lm-eval response cache {db.filename!r} was written by a run with {name}="
+                f"{_short(was)}; this run has {name}={_short(now)}. lm-eval keys that cache by "
+                f"request only, so it would serve that run's answers to this one. Use a separate "
+                f"--use_cache path per model, setting and loop (the Python helper "
+                f"harness.adapter.evaluate does so), or drop --use_cache.")
+
+
+def _short(value) -> str:
+    text = value if value == _UNSET else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def stamped_response_caches(use_cache: str) -> dict[str, dict]:
+    """The loopsweep stamps of the response-cache dbs lm-eval would open for `--use_cache
+    use_cache` (`<use_cache>_rank<r>.db`): db path -> stamp (dbs without a stamp are left out)."""
+    import glob
+
+    from sqlitedict import SqliteDict
+
+    out = {}
+    for path in sorted(glob.glob(glob.escape(use_cache) + "_rank*.db")):
+        try:
+            with SqliteDict(path, flag="r") as db:
+                stamp = db.get(CACHE_MARKER)
+        except Exception:          # noqa: BLE001 - not a SqliteDict db, no table yet
+            continue
+        if stamp is not None:
+            out[path] = _stamp(stamp)
+    return out
 
 
 def cache_key(lm) -> str:
-    """Short hash of the model + loop setting (suffix for per-setting response-cache paths)."""
+    """Short hash of the model, settings and loop (suffix for per-setting response-cache paths)."""
     owner = lm.cache_owner() if hasattr(lm, "cache_owner") else repr(type(lm))
-    return hashlib.sha256(owner.encode()).hexdigest()[:12]
+    blob = json.dumps(owner, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ---- Python route -----------------------------------------------------------------------------
@@ -367,4 +473,5 @@ def sample_rows(results: Mapping, task: str, metric: str) -> list[dict]:
 
 
 __all__ = ["LoopedLM", "ModelArgsError", "evaluate", "sample_rows", "loop_config_from_args",
-           "check_hf_kwargs", "bind_response_cache", "LOOP_KEYS"]
+           "check_hf_kwargs", "bind_response_cache", "response_cache_owner",
+           "stamped_response_caches", "CACHE_FIELDS", "LOOP_KEYS"]

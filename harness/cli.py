@@ -17,12 +17,15 @@ Four additions, all outside lm-eval's argument parsing:
 - real models and data (`loopsweep-assets`, harness.assets): `pretrained=smollm2-135m` (or
   `gemma3-270m`) in --model_args names the fetched, dequantised folder; a missing asset or a
   real-data task (`local_*`) named before its fetch ends the run with the fetch command;
-- `--use_cache` is safe across loop settings: the adapter binds each response-cache db to the
-  model and loop setting that first wrote it and refuses any other (see
-  `harness.adapter.bind_response_cache`); with `--model hf` lm-eval's own behaviour is unchanged.
+- `--use_cache` is safe across settings: the adapter binds each response-cache db to the model,
+  settings and loop that first wrote it and refuses any other, naming the differing field (see
+  `harness.adapter.bind_response_cache`); any other `--model` (`hf`, ...) pointed at a db that
+  `looped` stamped is refused before anything loads (`_check_response_cache`): lm-eval would
+  serve it the stamped run's answers. (`--model looped` without loop options is `hf`.)
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -124,6 +127,27 @@ def _asks_help(argv: list[str]) -> bool:
                            and any(a in ("-h", "--help") for a in rest[1:]))
 
 
+def _check_response_cache(argv: list[str]) -> None:
+    """`--use_cache PATH` with a model other than `looped` on a db a looped run stamped: end the
+    run here, naming the db and its stamp's loop (lm-eval keys that cache by request only)."""
+    found = _arg_value(argv, "--use_cache")
+    model = _arg_value(argv, "--model")
+    if found is None or (model is not None and model[1] == "looped"):
+        return
+    from harness.adapter import stamped_response_caches
+
+    for path, stamp in stamped_response_caches(found[1]).items():
+        loop = stamp.get("loop")
+        what = ("the looped setting " + json.dumps(loop, sort_keys=True)[:200] if loop
+                else "loopsweep's looped model without a loop")
+        raise SystemExit(
+            f"loopsweep-eval: --use_cache {found[1]}: {path} was written by {what} (model "
+            f"{stamp.get('model')!r}, dtype {stamp.get('dtype')}, batch size "
+            f"{stamp.get('batch_size')}); lm-eval keys that cache by request only, so --model "
+            f"{model[1] if model else 'hf'} would be served its answers. Use another --use_cache "
+            f"path, or --model looped (without loop options it is hf, and checks the stamp).")
+
+
 def main(argv: list[str] | None = None) -> None:
     import harness.adapter  # noqa: F401  registers `looped`
     from lm_eval.__main__ import cli_evaluate
@@ -138,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             print(looped_args_help())
         return
     sys.argv = _with_fixture_tasks(_with_assets(list(sys.argv)))
+    _check_response_cache(sys.argv)
     cli_evaluate()
 
 

@@ -16,9 +16,11 @@ The pass (docs/sweeps.md):
 3. `--cfg` / `dry_run=true`: print the plan and stop;
 4. run the cells that are not ok yet (harness.launch: in this process, or as submitit jobs);
 5. print the grid summary from the records; with `report=true` build the report of this grid's
-   cells (harness.report.make_report). Exit code 1 when a cell failed or is missing.
+   cells (harness.report.make_report). Exit code 1 when a cell failed, is missing or was not run
+   (its model is unavailable here: reported per cell with the reason).
 A command line that names no valid grid (an unknown preset or key, a bad value, a malformed
-override) prints one line, `sweep.py: <what is wrong, the valid choices>`, and exits with 2.
+override, a cell the model cannot run: every check that needs no weights runs while planning)
+prints one line per problem, `sweep.py: <what is wrong, the valid choices>`, and exits with 2.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ PROG = "loopsweep" if Path(sys.argv[0] if sys.argv else "").name == "loopsweep" 
 LAUNCHER_ALIASES = {"basic": "local", "local": "local", "slurm": "slurm",
                     "submitit_slurm": "slurm", "submitit_local": "submitit_local"}
 CFG_CHOICES = ("job", "hydra", "all")
+MAX_ERROR_LINES = 20          # a grid's planning problems printed (the rest counted)
 
 
 class UsageError(ValueError):
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import hydra_session
     from .launch import get_runner
-    from .plan import format_plan, plan_grid
+    from .plan import PlanError, format_plan, plan_grid
 
     with hydra_session():
         try:
@@ -234,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_grid(args.overrides)
             runner = get_runner(plan.settings.launcher)
             config_text = _config_text(plan, args) if args.cfg else None
+        except PlanError as e:          # every distinct problem of the grid's cells, one line each
+            for line in e.lines[:MAX_ERROR_LINES]:
+                print(f"{PROG}: {line}", file=sys.stderr)
+            if len(e.lines) > MAX_ERROR_LINES:
+                print(f"{PROG}: ... and {len(e.lines) - MAX_ERROR_LINES} more problem(s)",
+                      file=sys.stderr)
+            return 2
         except (HydraException, OmegaConfBaseException, ValueError) as e:
             print(f"{PROG}: {explain(e, args.overrides)}", file=sys.stderr)
             return 2
@@ -275,7 +285,8 @@ def _indent(text: str) -> str:
 def run_plan(plan, runner) -> int:
     """Run the cells that are not ok, print the summary, build the report (report=true)."""
     from . import store as st
-    from .plan import tasks_text
+    from .plan import plan_notes, tasks_text
+    from .spec import describe
 
     s = plan.settings
     t_start = time.time()
@@ -284,34 +295,43 @@ def run_plan(plan, runner) -> int:
     print(f"[loopsweep] grid {plan.grid_id}: {len(plan.cells)} cells ({len(plan.cells) - n_base} "
           f"looped + {n_base} baseline) over {plan.n_models} model(s) on "
           f"{tasks_text(plan.cells)}; "
-          f"{len(plan.cells) - len(todo)} already ok, {len(todo)} to compute; records in "
-          f"{s.store}/cells", flush=True)
+          f"{len(plan.cells) - len(todo) - len(plan.not_run)} already ok, {len(todo)} to "
+          f"compute; records in {s.store}/cells", flush=True)
     if plan.unsafe_tasks and not s.allow_code_eval:
         print(f"{PROG}: task(s) {', '.join(plan.unsafe_tasks)} execute model-written code; add "
               f"allow_code_eval=true to run them", file=sys.stderr)
         return 2
+    for line in plan_notes(plan):
+        if not line.startswith("not run:"):        # said per cell below
+            print(f"[loopsweep] {line}", flush=True)
+    for c in plan.not_run:
+        print(f"[loopsweep] not run {c.cell_id} {describe(c.spec)}: {c.not_run}", flush=True)
     before = {c.cell_id: c.status for c in plan.cells}
     if todo:
         n_shared, passes, alone = plan.sharing()
         print(f"[loopsweep] scoring: {n_shared} cell(s) in {passes} shared pass(es) + {alone} "
               f"separately" + ("" if s.sharing else " (sharing=false)"), flush=True)
-    if not todo:
+    if not todo and not plan.not_run:
         print(f"[loopsweep] nothing to compute: all {len(plan.cells)} cells are already ok "
               f"(force=true recomputes)", flush=True)
-    else:
+    elif todo:
         from .launch import LaunchError
 
         try:
             runner.run(plan)
         except LaunchError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
-    summary = summarize(s.store, plan.cell_ids, before, s.force, t_start)
+    not_run = [c.cell_id for c in plan.not_run]
+    summary = summarize(s.store, [c for c in plan.cell_ids if c not in set(not_run)], before,
+                        s.force, t_start)
     print(f"[loopsweep] grid {plan.grid_id} summary: {len(plan.cells)} cells: "
           f"{len(summary['done'])} done, {len(summary['skipped'])} skipped (already ok), "
-          f"{len(summary['failed'])} failed, {len(summary['missing'])} missing", flush=True)
+          f"{len(summary['failed'])} failed, {len(summary['missing'])} missing"
+          + (f", {len(not_run)} not run (model unavailable)" if not_run else ""), flush=True)
     for cid in summary["failed"]:
-        rec = st.read_record(s.store, cid) if st.status_of(s.store, cid) != "broken" else None
-        err = ((rec.error if rec else None) or "broken record").strip().splitlines()[-1:]
+        status, problem = st.check_record(s.store, cid)
+        rec = st.read_record(s.store, cid) if status != "broken" else None
+        err = ((rec.error if rec else problem) or "broken record").strip().splitlines()[-1:]
         print(f"[loopsweep]   failed {cid}: {err[0] if err else ''}", flush=True)
     frame = _answer(s.store, plan)
     partial = len(summary["failed"]) + len(summary["missing"])
@@ -326,7 +346,7 @@ def run_plan(plan, runner) -> int:
         figures = _report(s.store, plan.report_ids(), s.figures)
     if todo:
         _grid_run(plan, frame, figures)
-    return 1 if summary["failed"] or summary["missing"] else 0
+    return 1 if summary["failed"] or summary["missing"] or not_run else 0
 
 
 def _grid_run(plan, frame, figures) -> None:
@@ -360,8 +380,8 @@ def _answer(store: str, plan):
 
 
 def summarize(store, cids, before, force, started) -> dict:
-    """Each cell's outcome from the records: done (computed now), skipped (ok before), failed,
-    missing (no record)."""
+    """Each cell's outcome from the records: done (computed now, here or by another process that
+    this run waited for), skipped (ok before), failed, missing (no record)."""
     from . import store as st
 
     out = {"done": [], "skipped": [], "failed": [], "missing": []}

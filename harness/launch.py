@@ -71,7 +71,7 @@ def write_jobs(plan: Plan, groups: list[list] | None = None) -> list[Path]:
 def model_bytes(plan: Plan) -> int | None:
     """The largest model of the plan's cells to compute, in bytes of weights (from the models'
     configs on the meta device, as the plan's costs), or None when unknown."""
-    from .plan import model_arch
+    from .spec import model_arch
 
     sizes = []
     for key in {c.spec.model_key() for c in plan.todo}:

@@ -26,10 +26,11 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from looping import LoopConfigError, ResolvedLoop
+from looping import LoopConfigError
 
 from . import store as st
-from .spec import CellSpec, cell_id, loop_text, spec_from_config
+from .spec import (CellSpec, ModelArch, SpecError, cell_id, loop_text, model_arch,
+                   resolve_on_facts, spec_from_config)
 
 # Keys that do not describe a cell: kept out of the cells' labels.
 META_KEYS = ("hydra", "store", "force", "baseline", "group_by", "dry_run", "report", "figures",
@@ -168,6 +169,17 @@ class PlannedCell:
     label: str
     status: str | None                  # in the store when planned: ok / failed / oom / broken
     cost: Cost = Cost(None)
+    not_run: str | None = None          # why the cell cannot run here (its model is unavailable)
+    problem: str | None = None          # why its record is broken (status 'broken')
+
+
+class PlanError(ValueError):
+    """The grid names cells that cannot run; `lines` says why, one line per distinct problem
+    (each naming the setting, the bad value and the valid choices)."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = list(dict.fromkeys(lines))
+        super().__init__("\n".join(self.lines))
 
 
 @dataclass
@@ -176,6 +188,8 @@ class Plan:
     settings: Settings
     grid_id: str = ""
     first: tuple = ()                   # (overrides, composed config) of the first combination
+    equivalent: int = 0                 # grid combinations whose cell equals an earlier one's
+    normalised: int = 0                 # looped cells with options normalised away (kv, ...)
 
     def __post_init__(self):
         if not self.grid_id:
@@ -188,8 +202,16 @@ class Plan:
 
     @property
     def todo(self) -> list[PlannedCell]:
-        """The cells to compute: not ok yet (every cell with force=true)."""
-        return [c for c in self.cells if self.settings.force or c.status != "ok"]
+        """The cells to compute: not ok yet (every cell with force=true), except cells whose model
+        is unavailable here (`not_run`)."""
+        return [c for c in self.cells
+                if (self.settings.force or c.status != "ok") and c.not_run is None]
+
+    @property
+    def not_run(self) -> list[PlannedCell]:
+        """Cells that cannot run here (their model is not available), each with the reason."""
+        return [c for c in self.cells if c.not_run is not None
+                and (self.settings.force or c.status != "ok")]
 
     @property
     def n_models(self) -> int:
@@ -272,67 +294,129 @@ def order_cells(specs: Iterable[CellSpec], *, baselines: bool = True) -> list[Ce
     return out
 
 
-def plan_grid(overrides: list[str], *, costs: bool = True) -> Plan:
-    """The plan of a sweep command line (needs an active hydra_session). Raises ValueError /
-    LoopConfigError / Hydra's config errors for a command line that names no valid grid."""
+def plan_grid(overrides: list[str], *, costs: bool = True, check_hub: bool = True) -> Plan:
+    """The plan of a sweep command line (needs an active hydra_session). Every check that needs
+    no weights runs here, for every cell (`spec_from_config`): a command line that names no valid
+    grid raises ValueError / LoopConfigError / Hydra's config errors, and PlanError listing every
+    distinct problem of the grid's cells. A Hub model that cannot be had (`hub_problem`, checked
+    once per model) marks its cells `not_run` instead (check_hub=False: skip that check)."""
     combos = compose_grid(list(overrides))
     settings = Settings.from_config(combos[0][1])
-    specs, labels, presets = [], {}, {}
+    specs, labels, problems = [], {}, []
+    archs: dict[tuple, ModelArch] = {}
+    given: list[str] = []
+    normalised = set()
     for combo, cfg in combos:
         if str(cfg.store) != settings.store:
             raise ValueError(f"store={cfg.store}: one grid writes to one store (also got "
                              f"store={settings.store})")
         loop_name = str(cfg.hydra.runtime.choices.get("loop", ""))
-        spec = spec_from_config(cfg, loop_name=loop_name, store=settings.store)
+        try:
+            spec = spec_from_config(cfg, loop_name=loop_name, store=settings.store)
+        except SpecError as e:
+            problems.append(" ".join(str(e).split()))
+            continue
+        preset = OmegaConf.to_container(cfg.model, resolve=True)
+        archs.setdefault(spec.model_key(), model_arch(spec, preset))
+        cid = cell_id(spec)
         specs.append(spec)
-        presets.setdefault(spec.model_key(), OmegaConf.to_container(cfg.model, resolve=True))
-        labels.setdefault(cell_id(spec), label(combo))
+        if not spec.is_baseline:
+            given.append(cid)
+            if spec.loop.normalised:
+                normalised.add(cid)
+        labels.setdefault(cid, label(combo))
         if settings.baseline and not spec.is_baseline:
             loopless = [o for o in combo if not _key(o).startswith(("loop", "decode"))]
             labels.setdefault(cell_id(spec.baseline()), label(loopless + ["loop=baseline"]))
-    arch: dict[tuple, ModelArch] = {}
+    if problems:
+        raise PlanError(problems)
+    unavailable = {}
+    if check_hub:
+        for s in specs:
+            if s.model_key() not in unavailable:
+                unavailable[s.model_key()] = hub_problem(s)
     cells = []
     for s in order_cells(specs, baselines=settings.baseline):
         cid = cell_id(s)
-        cost = Cost(None)
-        if costs:
-            key = s.model_key()
-            if key not in arch:
-                arch[key] = model_arch(s, presets.get(key) or {})
-            cost = estimate_cost(s, arch[key])
-        cells.append(PlannedCell(s, cid, labels[cid], st.status_of(settings.store, cid), cost))
-    return Plan(cells, settings, first=combos[0])
+        cost = estimate_cost(s, archs[s.model_key()]) if costs else Cost(None)
+        status, problem = st.check_record(settings.store, cid)
+        cells.append(PlannedCell(s, cid, labels[cid], status, cost,
+                                 not_run=unavailable.get(s.model_key()), problem=problem))
+    return Plan(cells, settings, first=combos[0], equivalent=len(given) - len(set(given)),
+                normalised=len(normalised))
+
+
+# ---- can the model be had? ---------------------------------------------------------------------
+#: seconds the one Hub probe of a model may take
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set (as huggingface_hub reads them)."""
+    import os
+
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cached(repo: str, revision: str | None) -> bool:
+    """Whether the Hugging Face cache holds the model's config and weights (nothing downloaded)."""
+    from pathlib import Path
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(repo, "config.json", revision=revision)
+    except Exception:               # noqa: BLE001 - a malformed id, an unreadable cache
+        return False
+    if not isinstance(config, str):
+        return False
+    snapshot = Path(config).parent
+    return any(any(snapshot.glob(pattern)) for pattern in (
+        "*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt"))
+
+
+def hub_problem(spec: CellSpec) -> str | None:
+    """Why the spec's Hub model cannot be loaded here, or None (a local folder, a cached model, a
+    reachable Hub). Offline (HF_HUB_OFFLINE=1): the local cache must hold it. Online: one probe of
+    the Hub with a short timeout (HUB_PROBE_TIMEOUT_S) instead of transformers' retries per
+    load."""
+    if spec.is_local:
+        return None
+    repo, rev = spec.model, spec.revision
+    if hub_offline():
+        if hub_cached(repo, rev):
+            return None
+        return (f"{repo}{'@' + rev if rev else ''} is not in the local Hugging Face cache and "
+                f"HF_HUB_OFFLINE=1 (download it first: huggingface-cli download {repo}"
+                + (f" --revision {rev}" if rev else "") + ")")
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        HfApi(endpoint=constants.ENDPOINT).model_info(repo, revision=rev,
+                                                      timeout=HUB_PROBE_TIMEOUT_S)
+        return None
+    except HFValidationError as e:
+        return f"{repo!r} is not a valid Hub model id ({' '.join(str(e).split())[:200]})"
+    except GatedRepoError:
+        return (f"{repo} is gated: accept its terms on the Hub and log in (huggingface-cli login "
+                f"or HF_TOKEN)")
+    except RevisionNotFoundError:
+        return f"{repo} has no revision {rev!r} on the Hub"
+    except RepositoryNotFoundError:
+        return (f"{repo} is not on the Hub (or private without a token); a local folder is "
+                f"written as a path (/..., ./...)")
+    except Exception as e:          # noqa: BLE001 - unreachable: connection refused, timeout
+        why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        if hub_cached(repo, rev):
+            return (f"the Hugging Face Hub is unreachable ({why}); {repo} is in the local cache: "
+                    f"set HF_HUB_OFFLINE=1 to use it")
+        return f"the Hugging Face Hub is unreachable ({why}) and {repo} is not in the local cache"
 
 
 # ---- cost from the model's config ----------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelArch:
-    """What the cost needs to know of a model: its ArchInfo (from its config, built on the meta
-    device) or, approximately, the preset's layer count and MoE flag."""
-    info: Any = None                    # looping.arch.ArchInfo, or None
-    n_layers: int | None = None
-    moe: bool = False
-    approximate: bool = True
-
-
-def model_arch(spec: CellSpec, preset: dict) -> ModelArch:
-    """The model's architecture from its config alone: a local folder's config.json, or a Hub
-    id's config if it is in the local cache (never downloaded); else the preset's `n_layers`."""
-    try:
-        from transformers import AutoConfig
-
-        from looping.arch import describe_config
-
-        kw = dict(trust_remote_code=spec.trust_remote_code)
-        if not spec.is_local:
-            kw.update(revision=spec.revision, local_files_only=True)
-        info = describe_config(AutoConfig.from_pretrained(spec.model, **kw))
-        return ModelArch(info, info.n_layers, info.is_moe, approximate=False)
-    except Exception:    # noqa: BLE001 - not cached, remote code, unknown family: use the preset
-        n = preset.get("n_layers")
-        return ModelArch(None, int(n) if n else None, bool(preset.get("moe")), approximate=True)
-
-
 def estimate_cost(spec: CellSpec, arch: ModelArch) -> Cost:
     """Layer passes per token of the spec's scoring forward on `arch` (the baseline: n_layers)."""
     if arch.n_layers is None:
@@ -341,40 +425,27 @@ def estimate_cost(spec: CellSpec, arch: ModelArch) -> Cost:
         return Cost(arch.n_layers, arch.approximate)
     try:
         if arch.info is not None:
-            r = spec.loop.resolve(arch.info)
+            r = spec.loop.resolve(arch.info, strict=False)
         else:
-            r = _resolve_on_layer_count(spec, arch)
+            r = resolve_on_facts(spec.loop, arch.n_layers, arch.moe)
     except LoopConfigError as e:
         return Cost(None, arch.approximate, note=f"refused: {e}")
     return Cost(r.layer_passes, arch.approximate, window=f"{r.start}:{r.end}")
 
 
-def _resolve_on_layer_count(spec: CellSpec, arch: ModelArch) -> ResolvedLoop:
-    """A ResolvedLoop from the layer count alone (no architecture checks: the cost only)."""
-    from looping.config import window_centre
-
-    lc = spec.loop
-    start, end = lc.window.layers(arch.n_layers)
-    mode = lc.mode if lc.mode != "auto" else ("layer" if arch.moe else "block")
-    return ResolvedLoop(config=lc, start=start, end=end, mode=mode, routing="?",
-                        n_layers=arch.n_layers, centre=window_centre(start, end, arch.n_layers),
-                        model_type="?", is_moe=arch.moe)
-
-
 # ---- printing ------------------------------------------------------------------------------------
 def format_plan(plan: Plan) -> str:
-    """The plan as a table: id, model, task, loop setting, status, cost; and a total."""
+    """The plan as a table: id, model, task, loop setting, status, cost; a total; and notes: cells
+    that cannot run here (with the reason), broken records, equivalent cells run once."""
     head = ("cell", "model", "task", "loop", "status", "layers/token", "items")
     rows = []
+    not_run = {c.cell_id for c in plan.not_run}
     for c in plan.cells:
         s = c.spec
-        loop = loop_text(s.loop)
-        if c.cost.window and s.loop is not None and str(s.loop.window) != c.cost.window:
-            loop = loop.replace(f"window={s.loop.window}", f"window={s.loop.window}"
-                                                           f" ({c.cost.window})")
         limit = "" if s.limit is None else f"{s.limit:g}"
-        rows.append((c.cell_id, s.model_name or s.model, s.task_name or s.task, loop,
-                     c.status or "missing", c.cost.text(), limit))
+        status = "not run" if c.cell_id in not_run else (c.status or "missing")
+        rows.append((c.cell_id, s.model_name or s.model, s.task_name or s.task, loop_text(s.loop),
+                     status, c.cost.text(), limit))
     if not any(r[-1] for r in rows):                 # no limit known: no items column
         head, rows = head[:-1], [r[:-1] for r in rows]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
@@ -395,12 +466,47 @@ def format_plan(plan: Plan) -> str:
         total += f"; x items: {'~' if approx else ''}{sum(p * i for p, i in with_items):g}"
     lines.append(f"grid {plan.grid_id}: {len(plan.cells)} cells ({len(plan.cells) - n_base} "
                  f"looped + {n_base} baseline) over {plan.n_models} model(s) on "
-                 f"{tasks_text(plan.cells)}; {len(plan.cells) - len(todo)} already ok; {total}")
+                 f"{tasks_text(plan.cells)}; {len(plan_ok(plan))} already ok; {total}")
     if todo:
         n_shared, passes_, alone = plan.sharing()
         lines.append(f"scoring: {n_shared} cell(s) in {passes_} shared pass(es) + {alone} "
                      f"separately" + ("" if plan.settings.sharing else " (sharing=false)"))
+    lines += plan_notes(plan)
     if approx:
         lines.append("~ approximate: layer count from the model preset (n_layers); the model's "
                      "config is not available offline")
     return "\n".join(lines)
+
+
+def plan_ok(plan: Plan) -> list[PlannedCell]:
+    """The cells already ok in the store (skipped unless force=true)."""
+    return [c for c in plan.cells if c.status == "ok" and not plan.settings.force]
+
+
+def plan_notes(plan: Plan) -> list[str]:
+    """One line per model that cannot run here (its cells are not run), per broken record (it is
+    recomputed), and for equivalent or normalised cells."""
+    lines = []
+    reasons: dict[str, list[PlannedCell]] = {}
+    for c in plan.not_run:
+        reasons.setdefault(c.not_run, []).append(c)
+    for why, cells in reasons.items():
+        name = cells[0].spec.model_name or cells[0].spec.model
+        lines.append(f"not run: {len(cells)} cell(s) of model {name}: {why}")
+    for c in plan.cells:
+        if c.status == "broken" and c.problem:
+            lines.append(f"broken record: {' '.join(c.problem.split())}; the cell is recomputed")
+    legacy = st.legacy_records(plan.settings.store)
+    if legacy:
+        lines.append(f"{len(legacy)} record(s) in {plan.settings.store}/cells have ids of an older "
+                     f"schema (they depended on the checkout's location): the plan cannot find "
+                     f"them; migrate them with: python -m harness.store migrate-ids "
+                     f"{plan.settings.store}")
+    if plan.equivalent:
+        lines.append(f"{plan.equivalent} cell(s) of the grid are equivalent to others (the same "
+                     f"resolved loop on the same model) and run once")
+    if plan.normalised:
+        lines.append(f"{plan.normalised} looped cell(s) had options that cannot change their "
+                     f"numbers normalised away (unused options; kv / decode for loglikelihood "
+                     f"tasks): docs/sweeps.md, 'The cell id'")
+    return lines

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 from .spec import CellSpec, cell_id, package_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: canonical, location-free cell ids (1: harness.store.migrate_ids)
 STATUSES = ("ok", "failed", "oom")
 REQUIRED = ("schema_version", "cell_id", "status", "spec")
 
@@ -137,8 +137,8 @@ class CellRecord:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RecordError(f"broken cell record {source or '(text)'}: not valid JSON ({e}); "
-                              f"delete it to recompute the cell") from None
+            raise RecordError(f"broken cell record {source or '(text)'}: not valid JSON ({e})"
+                              ) from None
         return cls.from_dict(d, source=source)
 
 

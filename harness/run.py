@@ -7,8 +7,9 @@
 Owns: the in-process model cache (one model loaded at a time, reused by every cell that shares
 it), loading a model, one lm-eval call per cell through the project's adapter, and `run_cell` /
 `run_cells` / `run_job`: skip `ok` records, retry failed ones, a per-cell lock so concurrent jobs
-never compute a cell twice, a per-cell lm-eval request cache so a preempted cell resumes its
-finished requests. The record itself is `harness.record`'s.
+never compute a cell twice (a cell another live process holds is waited for at the end:
+`wait_for_others`), a per-cell lm-eval request cache so a preempted cell resumes its finished
+requests. The record itself is `harness.record`'s.
 """
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ def make_lm(spec: CellSpec, model, tokenizer, shared=None):
 
     lm = LoopedLM(pretrained=model, tokenizer=tokenizer, loop=spec.loop,
                   batch_size=spec.batch_size, max_length=spec.max_length)
+    lm.weights_id = spec.weights_hash          # the cell's weights, already hashed at planning
     if shared is not None:
         lm.share(*shared)
     return lm
@@ -248,6 +250,7 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
         if force:
             for f in cache.glob("*"):
                 f.unlink()
+        _drop_outdated_cache(cache / "lm", log)
         run = None if tracker is None else tracker.start_cell(
             spec.to_dict(), cell_id=cid,
             baseline_id=None if spec.is_baseline else cell_id(spec.baseline()))
@@ -296,18 +299,35 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
 
 
 # ---- a list of cells in one process ------------------------------------------------------------
+def _drop_outdated_cache(prefix: Path, log=print) -> None:
+    """Delete a cell's request-cache db stamped by an older loopsweep (a stamp without every
+    field of harness.adapter.CACHE_FIELDS): the cell id covers those fields, so its requests are
+    this cell's, but the new stamp would refuse the db and the cell would fail on every retry."""
+    from .adapter import CACHE_FIELDS, stamped_response_caches
+
+    for db, stamp in stamped_response_caches(str(prefix)).items():
+        if not set(CACHE_FIELDS) <= set(stamp):
+            log(f"[loopsweep] {db}: request cache of an older loopsweep (no "
+                f"{', '.join(sorted(set(CACHE_FIELDS) - set(stamp)))} in its stamp): deleted, "
+                f"its requests are recomputed", flush=True)
+            Path(db).unlink(missing_ok=True)
+
+
 def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "results",
               force: bool = False, device: str | None = None, allow_code_eval: bool = False,
               lock_stale_s: float = 86400, tracker=None, log=print,
               models: ModelCache | None = None, sharing: bool = True,
-              costs: list | None = None) -> dict[str, list[str]]:
+              costs: list | None = None, wait: bool = True) -> dict[str, list[str]]:
     """Run (spec, label) cells in order in this process with one shared model cache; prints one
     line per cell, a progress line with the ETA (`costs`: each cell's estimated work, see
     summary.Progress) and, for a looped cell whose baseline is done, its paired delta. With
     `sharing`, cells that share requests and batching score their loglikelihood requests in one
-    pass (share_groups). Returns {'done': [...], 'skipped': [...], 'busy': [...], 'failed':
-    [...]} of cell ids."""
-    from .summary import Progress, delta_line
+    pass (share_groups). A cell another live process is computing is left for the end; then
+    (`wait`) this process waits for it (wait_for_others): its record counts as done by the other
+    process, and a cell whose holder died is computed here. Returns {'done': [...], 'skipped':
+    [...], 'busy': [...], 'failed': [...]} of cell ids ('skipped': already ok, or finished by
+    another process; 'busy': still held by another process, or by this one)."""
+    from .summary import Progress
 
     models = models or ModelCache()
     summary = {"done": [], "skipped": [], "busy": [], "failed": []}
@@ -315,6 +335,10 @@ def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "
     progress = Progress(costs or [None] * n)
     todo = {cell_id(s) for s, _ in cells if force or _store.status_of(store, cell_id(s)) != "ok"}
     groups = share_groups(cells, todo) if sharing else {}
+    run = dict(store=store, models=models, force=force, device=device,
+               allow_code_eval=allow_code_eval, lock_stale_s=lock_stale_s, tracker=tracker,
+               log=log)
+    waiting: list[tuple[str, CellSpec, str]] = []
     for i, (spec, label) in enumerate(cells, 1):
         cid = cell_id(spec)
         head = f"[cell {i}/{n}] {cid} {describe(spec)}"
@@ -324,32 +348,118 @@ def run_cells(cells: list[tuple[CellSpec, str]], *, store: str | os.PathLike = "
             progress.finished(i - 1, None)
             continue
         log(f"{head}: computing ...", flush=True)
-        r = run_cell(spec, store=store, models=models, force=force, device=device,
-                     allow_code_eval=allow_code_eval, lock_stale_s=lock_stale_s, tracker=tracker,
-                     label=label, log=log, shared=groups.get(cid))
+        r = run_cell(spec, label=label, shared=groups.get(cid), **run)
         if r.status == "busy":
-            log(f"{head}: skip (another process is computing it)", flush=True)
-            summary["busy"].append(cid)
-        elif not r.computed:
-            log(f"{head}: skip (finished by another process)", flush=True)
-            summary["skipped"].append(cid)
-        elif r.status == "ok":
-            vals = ", ".join(f"{t}={(m or {}).get(spec.metric, float('nan')):.4f}"
-                             for t, m in r.record.metrics.items()
-                             if isinstance((m or {}).get(spec.metric), (int, float)))
-            log(f"{head}: ok in {r.wall_time_s:.1f}s  {spec.metric}: {vals}", flush=True)
-            summary["done"].append(cid)
-            line = delta_line(store, cid)
-            if line:
-                log(line, flush=True)
-        else:
-            last = (r.error or "").strip().splitlines()[-1:] or [""]
-            log(f"{head}: {r.status.upper()} in {r.wall_time_s:.1f}s: {last[0]}", flush=True)
-            summary["failed"].append(cid)
+            log(f"{head}: another process is computing it ({lock_holder(store, cid)})"
+                + ("; back to it after the other cells" if wait else "; left to it"), flush=True)
+            waiting.append((head, spec, label))
+            continue
+        _report(head, spec, r, summary, log)
         progress.finished(i - 1, r.wall_time_s if r.computed else None)
         if i < n:
             log(progress.line(i, n), flush=True)
+    if waiting and wait:
+        wait_for_others(waiting, summary, run, log=log)
+    else:
+        summary["busy"] += [cell_id(spec) for _, spec, _ in waiting]
     return summary
+
+
+def _report(head: str, spec: CellSpec, r: "CellResult", summary: dict, log) -> None:
+    """One progress line for a cell's outcome (and a looped cell's paired delta vs its baseline
+    when both are done), and its id in the summary."""
+    from .summary import delta_line
+
+    if not r.computed:
+        log(f"{head}: skip (finished by another process)", flush=True)
+        summary["skipped"].append(r.cell_id)
+    elif r.status == "ok":
+        vals = ", ".join(f"{t}={(m or {}).get(spec.metric, float('nan')):.4f}"
+                         for t, m in r.record.metrics.items()
+                         if isinstance((m or {}).get(spec.metric), (int, float)))
+        log(f"{head}: ok in {r.wall_time_s:.1f}s  {spec.metric}: {vals}", flush=True)
+        summary["done"].append(r.cell_id)
+        line = delta_line(r.path.parent.parent, r.cell_id)
+        if line:
+            log(line, flush=True)
+    else:
+        last = (r.error or "").strip().splitlines()[-1:] or [""]
+        log(f"{head}: {r.status.upper()} in {r.wall_time_s:.1f}s: {last[0]}", flush=True)
+        summary["failed"].append(r.cell_id)
+
+
+#: seconds between two looks at the cells another process computes; a waiting line every
+#: WAIT_NOTE_S
+WAIT_POLL_S = 3.0
+WAIT_NOTE_S = 60.0
+
+
+def lock_holder(store, cid: str) -> str:
+    """'pid 123 on host-a, Slurm job 456' from a cell's lock, for progress lines."""
+    info = _store.read_lock(_store.lock_path(store, cid)) or {}
+    if not info:
+        return "its lock names no holder yet"
+    out = f"pid {info.get('pid')} on {info.get('host')}"
+    if info.get("slurm_job_id"):
+        out += f", Slurm job {info['slurm_job_id']}"
+    return out
+
+
+def _held_here(store, cid: str) -> bool:
+    """The cell's lock is held by this very process (waiting for it would never end)."""
+    import socket
+
+    info = _store.read_lock(_store.lock_path(store, cid)) or {}
+    return info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()
+
+
+def wait_for_others(waiting: list[tuple[str, CellSpec, str]], summary: dict, run: dict, *,
+                    log=print) -> None:
+    """Wait for the cells other live processes are computing (their locks are judged by
+    harness.store.judge_lock on every look). A cell whose holder ended with a record written
+    while we waited is that process's result (ok: skipped here, 'finished by another process';
+    failed: failed); a cell whose holder died without one is computed here. A lock held by this
+    process itself is not waited for (busy)."""
+    store = run["store"]
+    started = time.time()
+    pending = list(waiting)
+    last_note = 0.0
+    while pending:
+        still = []
+        for head, spec, label in pending:
+            cid = cell_id(spec)
+            if _held_here(store, cid):
+                log(f"{head}: held by this process; left to it", flush=True)
+                summary["busy"].append(cid)
+                continue
+            path = _store.record_path(store, cid)
+            status = _store.status_of(store, cid)
+            fresh = status is not None and path.exists() and path.stat().st_mtime >= started
+            if fresh and not _store.lock_path(store, cid).exists():   # the other one's result
+                if status == "ok":
+                    log(f"{head}: skip (finished by another process)", flush=True)
+                    summary["skipped"].append(cid)
+                else:
+                    rec = _store.read_record(store, cid) if status != "broken" else None
+                    last = ((rec.error if rec else "") or "").strip().splitlines()[-1:] or [""]
+                    log(f"{head}: {status.upper()} in another process: {last[0]}", flush=True)
+                    summary["failed"].append(cid)
+                continue
+            r = run_cell(spec, label=label, **run)
+            if r.status == "busy":
+                still.append((head, spec, label))
+            else:
+                _report(head, spec, r, summary, log)
+        pending = still
+        if pending:
+            if time.time() - last_note >= WAIT_NOTE_S:
+                last_note = time.time()
+                what = "; ".join(f"{cell_id(s)} ({lock_holder(store, cell_id(s))})"
+                                 for _, s, _ in pending[:5])
+                more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+                log(f"[loopsweep] waiting for {len(pending)} cell(s) another process is "
+                    f"computing: {what}{more}; checking every {WAIT_POLL_S:g}s", flush=True)
+            time.sleep(WAIT_POLL_S)
 
 
 # ---- a launcher job ----------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
 given); every table and figure is a pure function (harness.report.tables, harness.plots); this
 module only does the I/O. A table or figure whose inputs are absent is skipped and named with the
-reason (in the log and in `<out>/report.md`); an incomplete grid never makes it fail.
+reason (in the log and in `<out>/report.md`); an incomplete grid never makes it fail. A broken
+record file (harness.store.read_json) is left out and listed under "Skipped" with its reason.
 
 Outputs, for each table NAME: `<out>/NAME.md`, `<out>/NAME.csv` (the numeric frame, every column),
 `<out>/NAME.tex`; for each figure NAME: `<figures>/NAME.png`, `.pdf` and `.csv` (exactly the frame
@@ -40,8 +41,9 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     figures = Path(figures) if figures is not None else out / "figures"
     out.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
-    results = store.load_results(root)
-    samples = store.load_samples(root)
+    broken: list[str] = []
+    results = store.load_results(root, errors=broken)
+    samples = store.load_samples(root, warn=False)    # the same files: warned about once above
     scope = f"`{root}`"
     if cell_ids is not None:
         keep = set(cell_ids)
@@ -58,6 +60,9 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
     tables = build_tables(results, samples, reference=ref, unrun=unrun, holm_adjust=holm_adjust,
                           select_docs=select_docs, n_boot=n_boot, seed=seed)
     written, skipped = [], {}
+    for problem in broken:                    # "broken cell record <path>: <why>"
+        name = problem.split(": ", 1)[0].removeprefix("broken cell record ").strip()
+        skipped[f"record {Path(name).name}"] = " ".join(problem.split())
     sections = [f"# Report\n\nStore: {scope} ({len(results)} result rows, {len(samples)} sample "
                 f"rows). Deltas are looped - baseline in percentage points; CIs are paired "
                 f"bootstrap 95% ({n_boot} resamples, seed {seed}); p = exact McNemar"

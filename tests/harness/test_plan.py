@@ -63,7 +63,8 @@ def test_default_plan_is_anchored_k3_on_the_models_window_and_its_baseline(sessi
     plan = plan_grid([f"store={tmp_path}"])
     base, cell = plan.cells
     assert base.spec.is_baseline and cell.spec.baseline() == base.spec
-    assert cell.spec.loop == LoopConfig(window="c0.5w1", k=3, integrator="anchored", mode="block")
+    # the loop is canonical: the window as the resolved layers (c0.5w1 on 8 layers is 4:5)
+    assert cell.spec.loop == LoopConfig(window="4:5", k=3, integrator="anchored", mode="block")
     assert (base.cost.layer_passes, cell.cost.layer_passes) == (8, 10)     # 8 layers; 1 looped x3
     assert not cell.cost.approximate and cell.cost.window == "4:5"
     assert [c.status for c in plan.cells] == [None, None] and len(plan.todo) == 2
