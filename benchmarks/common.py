@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: models, clocks, layer hooks, cache sizes, hardware, JSON.
 
-The prediction the overhead benchmark checks against (issue 10):
+The prediction the overhead benchmark checks against:
 
     predicted looped time = non-layer time + sum over (forward f, layer i) of t[f,i] * n[f,i]
 

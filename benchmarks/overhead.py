@@ -192,7 +192,7 @@ def bench(model, work: Workloads, handle, phase: str, args, clock: Clock) -> dic
     return out
 
 
-# ---- targets (issue 10) ----------------------------------------------------------------------
+# ---- targets -------------------------------------------------------------------------------
 
 def is_base(rec, base: dict) -> bool:
     return all(rec["config"][a] == base[a] for a in AXES)

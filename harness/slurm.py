@@ -237,10 +237,9 @@ class TaskStop(BaseException):
 
 def slurm_job_id() -> str | None:
     """This process's Slurm job ('1234_5' in an array task), or None outside Slurm."""
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env.get("SLURM_JOB_ID")
+    from .store import slurm_job
+
+    return slurm_job()
 
 
 def install_stop_handlers() -> None:

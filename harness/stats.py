@@ -18,12 +18,10 @@ non-zero differences, which is McNemar's test when the scores are 0/1.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.stats import norm
 import pandas as pd
 from scipy.stats import binom, norm
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Mapping
 from .arch import ArchInfo, describe
 from .errors import LoopConfigError, check_choice, did_you_mean
 from .integrators import HALT_SCOPES, INTEGRATORS, STRATEGY_OPTIONS, get_integrator, users_of
-from .kv import KV_POLICIES, kv_policy
+from .kv import kv_policy
 from .moe import ROUTINGS, resolve_routing
 
 MODES = ("auto", "block", "layer")

@@ -50,8 +50,9 @@ def forward(model, ids: torch.Tensor, window: tuple[int, int], k: int, strategy:
     x = m.embed_tokens(ids)                                   # (B, T, C)
     pos = torch.arange(ids.shape[1]).unsqueeze(0)
     pe = m.rotary_emb(x, pos)
-    layer = lambda i, h: m.layers[i](h, attention_mask=None, position_ids=pos,
-                                     position_embeddings=pe)
+    def layer(i, h):
+        return m.layers[i](h, attention_mask=None, position_ids=pos, position_embeddings=pe)
+
     def g(h):
         for i in range(s, e):
             h = layer(i, h)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model or embedded.embedded_model_path()).eval()
-    items = [json.loads(l) for l in open(embedded.TASK_DIR / "mc.jsonl")]
+    items = [json.loads(line) for line in open(embedded.TASK_DIR / "mc.jsonl")]
     n = len(items)
     base = score(model, items, (0, 0), 1, "naive")
     lo, hi = wilson(sum(base), n)

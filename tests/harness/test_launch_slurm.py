@@ -3,7 +3,6 @@ the preflight refusal in one line, timeout_min=auto, and when the driver calls a
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf

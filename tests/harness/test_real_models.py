@@ -1,6 +1,7 @@
 """The real models (harness.assets: SmolLM2-135M-Instruct and Gemma-3-270M, dequantised from GGUF)
 on real items: their provenance, K = 1 looped == `--model hf` per sample on 20 items of two real
-tasks, a looped K = 3 anchored run differs, and a sweep cell's record carries the provenance.
+tasks, a looped K = 3 anchored run differs, and the real-smoke preset's records carry the
+provenance.
 Needs the fetched models (the session fixture fetches them: a fresh machine downloads 331 MB and
 converts for about 5 minutes). Cheap by design: 20 items per task, batch 8."""
 from __future__ import annotations
@@ -19,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # one-letter choices share one forward per item (lm-eval's logits cache), OBQA's are short
 TASKS = ["local_commonsense_qa", "local_openbookqa_val"]
 LIMIT, BATCH = 20, 8
-MODELS = {"smollm2-135m": {"window": "c0.5w3", "quant": "Q4_1", "adds_bos": False,
-                           "class": "LlamaForCausalLM"},
-          "gemma3-270m": {"window": "c0.5w2", "quant": "Q4_K_M", "adds_bos": True,
-                          "class": "Gemma3ForCausalLM"}}
+MODELS = {"smollm2-135m": {"window": "c0.5w3", "layers": "14:17", "quant": "Q4_1",
+                           "adds_bos": False, "class": "LlamaForCausalLM"},
+          "gemma3-270m": {"window": "c0.5w2", "layers": "8:10", "quant": "Q4_K_M",
+                          "adds_bos": True, "class": "Gemma3ForCausalLM"}}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -140,26 +141,39 @@ def test_k1_looped_equals_hf_and_k3_anchored_differs(model):
           f"acc flips {sum(hf[k][1] != k3[k][1] for k in k3)} of {len(k3)}")
 
 
-def test_sweep_cell_record_carries_provenance(real_asset, tmp_path):
-    """model=<preset> resolves the asset; the record names the dequantisation twice: in its
-    model_name label (every table row) and in model_provenance. (SmolLM2 only: the path is the
-    same for both models, Gemma's provenance is checked above.)"""
-    from harness.config import compose, hydra_session
-    from harness.run import run_cell
-    from harness.spec import spec_from_config
-    name = "smollm2-135m"
+def test_real_smoke_preset_runs_its_two_cells(real_asset, tmp_path):
+    """The real-model experiments' smoke preset (CI): `python sweep.py experiment=real-smoke`
+    with a tiny item limit computes its baseline and anchored K = 3 cell on SmolLM2 and ends with
+    the paired delta in the summary; a second run computes nothing. `model=<preset>` resolves the
+    asset, and the records name the dequantisation twice: in the model_name label (every table
+    row) and in model_provenance. (SmolLM2 only: Gemma's provenance is checked above.)"""
+    import csv
+    import os
+    import subprocess
+    import sys
+
     real_asset("tasks")
-    folder = real_asset(name)
-    with hydra_session():
-        cfg = compose([f"model={name}", "loop=anchored", "loop.k=3", "task=arc-easy-val-local",
-                       "task.limit=5", f"eval.batch_size={BATCH}"])
-    spec = spec_from_config(cfg, loop_name="anchored", store=str(tmp_path))
-    assert spec.model == str(folder.resolve()) and spec.weights_hash
-    assert spec.model_name.endswith(f"dequantised-from-GGUF-{MODELS[name]['quant']}")
-    r = run_cell(spec, store=tmp_path, device="cpu")
-    assert r.status == "ok", r.error
-    rec = r.record
-    assert rec["model_provenance"]["label"] == f"dequantised from GGUF {MODELS[name]['quant']}"
-    assert rec["lm_eval_config"]["config"]["model_provenance"] == rec["model_provenance"]
-    assert rec["loop_resolved"]["window"] == MODELS[name]["window"]
-    assert len(rec["samples"]["local_arc_easy_val"]) == 5
+    real_asset("smollm2-135m")
+    args = [sys.executable, str(ROOT / "sweep.py"), "experiment=real-smoke", "task.limit=8",
+            f"store={tmp_path}", "launcher.workers=1", "wandb.mode=disabled"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 done, 0 skipped" in r.stdout
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [x["loop"].split()[0] for x in rows] == ["baseline", "anchored"]
+    assert rows[1]["delta_pp"] != "" and int(float(rows[1]["n"])) == 8
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to compute" in again.stdout
+    quant = MODELS["smollm2-135m"]["quant"]
+    for f in (tmp_path / "cells").glob("*.json"):
+        rec = json.loads(f.read_text())
+        assert rec["spec"]["model"] == str(real_asset("smollm2-135m").resolve()) or \
+            rec["spec"]["model"].endswith("smollm2-135m")
+        assert rec["spec"]["model_name"].endswith(f"dequantised-from-GGUF-{quant}")
+        assert rec["model_provenance"]["label"] == f"dequantised from GGUF {quant}"
+        assert rec["lm_eval_config"]["config"]["model_provenance"] == rec["model_provenance"]
+        if rec["spec"]["loop"]:
+            assert rec["loop_resolved"]["window"] == MODELS["smollm2-135m"]["layers"]
+        assert len(rec["samples"]["local_piqa500"]) == 8

@@ -23,7 +23,7 @@ SIMPLE = {   # local task -> installed YAML (relative to lm_eval/tasks)
     "local_piqa": "piqa/piqa.yaml",
     "local_hellaswag": "hellaswag/hellaswag.yaml",
 }
-#: the real split sizes (issue #16)
+#: the real split sizes
 SIZES = {"local_commonsense_qa": 1221, "local_openbookqa_val": 500, "local_arc_easy_val": 570,
          "local_arc_challenge_val": 299, "local_piqa": 1838, "local_hellaswag": 10042,
          "local_mmlu": 14042, "local_mmlu1k": 1000, "local_commonsense_qa_fsval": 1221,

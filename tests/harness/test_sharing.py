@@ -48,7 +48,7 @@ def test_the_demo_grid_shared_equals_each_cell_alone():
     path = embedded_model_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    requests = embedded_mc_requests(model, tok, limit=12)
+    requests = embedded_mc_requests(model, tok, limit=6)
     settings = demo_settings()
     shared = loglikelihoods(model, requests, settings, batch_size=16, max_length=2048,
                             progress=False)

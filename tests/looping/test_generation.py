@@ -1,4 +1,4 @@
-"""Generation with looping: the two-phase KV stash, decode modes, cache size flat in K (issue 4).
+"""Generation with looping: the two-phase KV stash, decode modes, cache size flat in K.
 
 Three kinds of evidence, strongest first:
 - checks that need no reference: K = 1 equals the plain model bit for bit; after prefill the

@@ -132,9 +132,9 @@ def test_convergence_order_on_a_linear_field(name, order):
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_linear_naive_and_anchored_closed_forms(k):
     A, x0 = linear_case()
-    I = torch.eye(C)
+    eye = torch.eye(C)
     res, _, _ = run("naive", [linear_layer(A)], x0, k=k)
-    ref = x0 @ torch.linalg.matrix_power(I + A, k).T
+    ref = x0 @ torch.linalg.matrix_power(eye + A, k).T
     assert (res.out - ref).abs().max() <= 1e-12
     for beta in (0.0, 0.5, 0.8):
         anc, _, _ = run("anchored", [linear_layer(A)], x0, k=k, beta=beta)
@@ -142,7 +142,7 @@ def test_linear_naive_and_anchored_closed_forms(k):
         ref = beta * (x0 + x0 @ A.T) + (1 - beta) * eul.out
         assert (anc.out - ref).abs().max() <= 1e-12, f"beta={beta}"
         # the Euler endpoint itself is (I + A/K)^K x0
-        assert (eul.out - x0 @ torch.linalg.matrix_power(I + A / k, k).T).abs().max() <= 1e-12
+        assert (eul.out - x0 @ torch.linalg.matrix_power(eye + A / k, k).T).abs().max() <= 1e-12
 
 
 def test_k1_and_beta1_are_exactly_the_natural_pass():

@@ -1,4 +1,4 @@
-"""MoE and MLA+MoE families: layer / block mode with frozen or recomputed routing (issue 3).
+"""MoE and MLA+MoE families: layer / block mode with frozen or recomputed routing.
 
 Every MoE family of tests/looping/families.py (qwen3_moe, qwen2_moe with its shared expert and
 gate, mixtral, olmoe, deepseek_v2 and deepseek_v3 with MLA attention, gpt_oss, glm4_moe,
