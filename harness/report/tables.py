@@ -491,6 +491,28 @@ def cells_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     return sort_rows(out, ["model_name", "task", "integrator", "window", "k"])
 
 
+BASELINE_COLUMNS = ["model_name", "task", "metric", "n", "value_pp", "ci_low_pp", "ci_high_pp",
+                    "chance_pp", "competence", "cell_id"]
+
+
+def baselines_table(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per ok baseline cell x task: its accuracy (pp) over n documents with the Wilson
+    interval, the task's chance level and the mark `competent` (the interval lies above chance)
+    or `near chance` (it includes chance; empty where the chance level is unknown)."""
+    res = with_names(results)
+    rows = []
+    for _, r in res[res["is_baseline"].astype(bool) & (res["status"] == "ok")].iterrows():
+        n = int(r["n"] or 0)
+        lo, hi = stats.wilson_interval(float(r["value"]), n, confidence) if n else (math.nan,) * 2
+        chance = chance_of(r["task"])
+        rows.append({"model_name": r["model_name"], "task": r["task"], "metric": r["metric"],
+                     "n": n, "value_pp": to_pp(r["value"]), "ci_low_pp": lo * 100,
+                     "ci_high_pp": hi * 100, "chance_pp": chance * 100,
+                     "competence": "" if chance != chance or lo != lo else
+                     ("competent" if lo > chance else "near chance"), "cell_id": r["cell_id"]})
+    return sort_rows(pd.DataFrame(rows, columns=BASELINE_COLUMNS), ["model_name", "task"])
+
+
 # ---- a window scan: delta over window start x width, and select-then-confirm ---------------------
 
 SCAN_COLUMNS = ["model_name", "task", "integrator", "k", "start", "width", "window",
@@ -678,6 +700,11 @@ def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
     else:
         for name in ("cells", "scan", "scan_select"):
             add(name, None, None, "no looped cells in the store")
+    bt = baselines_table(results)
+    if len(bt):
+        add("baselines", bt, format_table(bt, drop=("cell_id",), ci_pairs=_BASE_CIS))
+    else:
+        add("baselines", None, None, "no ok baseline cell")
     ct = cost_table(results)
     if ct["wall_time_s"].notna().any():
         add("cost", ct, format_table(ct, drop=("cell_id",)))
@@ -711,7 +738,9 @@ _TITLES = {
     "cells": "Every looped cell vs its baseline, with the baseline's competence",
     "scan": "Window scan: delta vs window start and width",
     "scan_select": "Window scan: select on half A, confirm on half B, beside the depth rule",
+    "baselines": "Baselines: accuracy with its 95% Wilson interval, beside the chance level",
 }
+_BASE_CIS = (("ci_low_pp", "ci_high_pp", "ci95_pp"),)
 _CELL_CIS = (("ci_low_pp", "ci_high_pp", "ci95_pp"),
              ("baseline_ci_low_pp", "baseline_ci_high_pp", "baseline_ci95_pp"))
 TABLE_NAMES: tuple[str, ...] = tuple(_TITLES)

@@ -272,3 +272,22 @@ def test_moe_missing_combination_and_skips():
     tables = {t.name: t for t in report.build_tables(only_base, smp, n_boot=100)}
     assert tables["collapse"].skipped and tables["moe"].skipped and not tables["deltas"].skipped
     assert all(t.skipped for t in report.build_tables(res.iloc[:0], smp.iloc[:0]))
+
+
+def test_baselines_table_wilson_interval_and_competence():
+    from harness.report.tables import baselines_table
+    from harness.stats import wilson_interval
+
+    res, _ = make_frames(n_docs=40)
+    bt = baselines_table(res)
+    base = res[res["is_baseline"].astype(bool) & (res["status"] == "ok")]
+    assert len(bt) == len(base) > 0
+    for _, r in bt.iterrows():
+        lo, hi = wilson_interval(r["value_pp"] / 100, int(r["n"]))
+        assert (r["ci_low_pp"], r["ci_high_pp"]) == pytest.approx((lo * 100, hi * 100))
+        assert r["ci_low_pp"] <= r["value_pp"] <= r["ci_high_pp"]
+        if r["chance_pp"] == r["chance_pp"]:
+            assert r["competence"] == ("competent" if r["ci_low_pp"] > r["chance_pp"]
+                                       else "near chance")
+    names = [t.name for t in report.build_tables(res, None, n_boot=50)]
+    assert "baselines" in names
