@@ -29,7 +29,7 @@ def _pp(x) -> str:
     return "" if x is None or x != x else f"{x:+.1f}"
 
 
-# ---- one cell, as soon as it and its baseline exist -----------------------------------------------
+# ---- one cell, as soon as it and its baseline exist -------------------------------------------
 def _samples(record, task):
     import pandas as pd
 
@@ -63,7 +63,7 @@ def delta_line(store: str | os.PathLike, cell_id: str, *, n_boot: int = 2000) ->
         else None
 
 
-# ---- progress over a list of cells ----------------------------------------------------------------
+# ---- progress over a list of cells --------------------------------------------------------------
 class Progress:
     """Progress over cells with an ETA that learns: each cell's share of the work is its
     estimated cost (layer passes x items; the mean when unknown), and the seconds per unit of

@@ -149,7 +149,8 @@ SAMPLE_TABLE_COLUMNS = ["task", "doc_id", "doc_hash", "target_hash", "correct_pl
 def run_name(spec: Mapping[str, Any]) -> str:
     """'model|task|integrator K<k> <window>' ('model|task|baseline')."""
     loop = spec.get("loop")
-    head = f"{spec.get('model_name') or spec.get('model')}|{spec.get('task_name') or spec.get('task')}"
+    model = spec.get("model_name") or spec.get("model")
+    head = f"{model}|{spec.get('task_name') or spec.get('task')}"
     if not loop:
         return f"{head}|baseline"
     return f"{head}|{loop.get('integrator')} K{loop.get('k')} {loop.get('window')}"
@@ -189,7 +190,8 @@ def paired_deltas(record: Mapping[str, Any], baseline=None) -> dict:
             continue
         c = stats.paired_comparison(pd.DataFrame(base), pd.DataFrame(samples), n_boot=2000)
         if c["n_paired"]:
-            out.update({f"delta_pp/{task}": c["delta"] * 100, f"ci_low_pp/{task}": c["ci_low"] * 100,
+            out.update({f"delta_pp/{task}": c["delta"] * 100,
+                        f"ci_low_pp/{task}": c["ci_low"] * 100,
                         f"ci_high_pp/{task}": c["ci_high"] * 100,
                         f"p_mcnemar/{task}": c["p_mcnemar"], f"n_paired/{task}": c["n_paired"]})
     return out

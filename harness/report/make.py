@@ -1,8 +1,8 @@
 """report.make: the report's files from a results store. The one entry point; the command line
 (`scripts/make_report.py`) and the sweep driver (`report=true`) both call `make_report`.
 
-    make_report("results")                            # tables in results/, figures in results/figures/
-    make_report(store, figures="figs", cell_ids=grid_ids)    # only these cells (and nothing else)
+    make_report("results")                   # tables in results/, figures in results/figures/
+    make_report(store, figures="figs", cell_ids=grid_ids)    # only these cells
 
 Reads `harness.store.load_results(root)` and `load_samples(root)` (all cells, or the `cell_ids`
 given); every table and figure is a pure function (harness.report.tables, harness.plots); this

@@ -619,7 +619,8 @@ _HIDE = ("cell_id", "baseline_cell_id", "confirm_cell_id", "alpha", "beta", "win
 
 def build_tables(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                  reference: pd.DataFrame | None = None, unrun: bool = False,
-                 holm_adjust: bool = True, select_docs: Iterable | None = None, select_fraction: float = 0.5,
+                 holm_adjust: bool = True, select_docs: Iterable | None = None,
+                 select_fraction: float = 0.5,
                  n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> list[ReportTable]:
     """Every table of the report from the store's two frames. A table whose inputs are absent is
     returned with `skipped` set (e.g. no looped cells, no MoE model, no window grid). Select-then-

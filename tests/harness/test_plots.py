@@ -20,8 +20,9 @@ def _check(fig):
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.has_data()]
     assert axes, "no axes with data"
     for ax in axes:
-        assert (ax.get_xlabel() or fig.get_supxlabel()) and (ax.get_ylabel() or fig.get_supylabel()), \
-            f"unlabelled axes: {ax.get_title()!r}"         # per panel, or shared by all
+        xlabel = ax.get_xlabel() or fig.get_supxlabel()         # per panel, or shared by all
+        ylabel = ax.get_ylabel() or fig.get_supylabel()
+        assert xlabel and ylabel, f"unlabelled axes: {ax.get_title()!r}"
         assert ax.get_legend() is not None or fig.legends       # per panel, or one for all
     return axes
 

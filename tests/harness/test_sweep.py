@@ -180,7 +180,8 @@ def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_p
     again = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=true",
                                                                      "baseline=false"])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (store / "figures" / "collapse.png").is_file() and not (figures / "collapse.png").exists()
+    assert (store / "figures" / "collapse.png").is_file()
+    assert not (figures / "collapse.png").exists()
     assert "stale file(s) of the previous report" in again.stdout
     assert git_status() == git_before                     # nothing written into the checkout
 
