@@ -33,7 +33,7 @@ from looping import did_you_mean
 
 from . import store as st
 from .plan import Plan, items_of
-from .run import run_job
+from .run import proc_kib, run_job
 from .slurm import ACTIVE_STATES as _ACTIVE, NEVER_REASONS as _NEVER
 
 #: how the driver waits (both submitit launchers): poll the scheduler every `poll_s`, a one-line
@@ -86,14 +86,7 @@ def model_bytes(plan: Plan) -> int | None:
 
 
 def available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def auto_workers(plan: Plan, *, cores: int | None = None, log: Callable = print) -> int:

@@ -111,16 +111,22 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_bytes() -> int | None:
-    """VmHWM: the resident high-water mark since start or since the last `reset_peak_rss`."""
+def proc_kib(path: str, key: str) -> int | None:
+    """Bytes of a `key: N kB` line of a /proc file (/proc/meminfo, /proc/self/status); None where
+    there is no such file or line."""
     try:
-        with open("/proc/self/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def peak_rss_bytes() -> int | None:
+    """VmHWM: the resident high-water mark since start or since the last `reset_peak_rss`."""
+    return proc_kib("/proc/self/status", "VmHWM")
 
 
 def reset_peak_mem(device: str) -> None:

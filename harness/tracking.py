@@ -56,39 +56,53 @@ class Tracker:
         print(f"[loopsweep] wandb logging failed ({msg}); the result is saved anyway; {hint}",
               file=sys.stderr)
 
-    def _init(self, *, name: str, job_type: str, config: dict):
-        import wandb
-
-        if self.dir:
-            os.makedirs(self.dir, exist_ok=True)
-        return wandb.init(project=self.project, entity=self.entity, group=self.group,
-                          job_type=job_type, name=name, dir=self.dir, mode=self.mode,
-                          config=config, tags=self.tags, reinit="finish_previous",
-                          settings=wandb.Settings(console="off", silent=True))
-
-    def start_cell(self, spec: Mapping[str, Any], *, cell_id: str, baseline_id: str | None = None):
-        """Start the run of a cell that is about to be computed (its runtime and system metrics
-        then cover the computation). Returns the run, or None (disabled / error)."""
+    def _start(self, *, name: str, job_type: str, config: dict):
+        """A new run (None when disabled, or on a wandb error: tracking never fails a cell)."""
         if not self.enabled:
             return None
         try:
-            return self._init(name=run_name(spec), job_type="cell",
-                              config={"cell_id": cell_id, "baseline_id": baseline_id, **spec})
-        except Exception as e:           # noqa: BLE001 - tracking must never fail a cell
+            import wandb
+
+            if self.dir:
+                os.makedirs(self.dir, exist_ok=True)
+            return wandb.init(project=self.project, entity=self.entity, group=self.group,
+                              job_type=job_type, name=name, dir=self.dir, mode=self.mode,
+                              config=config, tags=self.tags, reinit="finish_previous",
+                              settings=wandb.Settings(console="off", silent=True))
+        except Exception as e:           # noqa: BLE001
             self._fail(e)
             return None
 
-    def finish_cell(self, run, record: Mapping[str, Any], *, baseline=None) -> str | None:
-        """Log a finished cell's record (and its paired delta vs `baseline`, a record mapping,
-        when given) into `run` and finish it. Returns the run id, or None."""
+    def _log(self, run, build) -> str | None:
+        """Log `build(wandb)` (a dict) into `run` and finish it. The run id, or None."""
         if run is None:
             return None
         try:
             import wandb
 
+            run.log(build(wandb))
+            self.runs.append(run.id)
+            return run.id
+        except Exception as e:           # noqa: BLE001
+            self._fail(e)
+            return None
+        finally:
+            _finish(run)
+
+    def start_cell(self, spec: Mapping[str, Any], *, cell_id: str, baseline_id: str | None = None):
+        """Start the run of a cell that is about to be computed (its runtime and system metrics
+        then cover the computation). Returns the run, or None (disabled / error)."""
+        return self._start(name=run_name(spec), job_type="cell",
+                           config={"cell_id": cell_id, "baseline_id": baseline_id, **spec})
+
+    def finish_cell(self, run, record: Mapping[str, Any], *, baseline=None) -> str | None:
+        """Log a finished cell's record (and its paired delta vs `baseline`, a record mapping,
+        when given) into `run` and finish it. Returns the run id, or None."""
+        def build(wandb) -> dict:
             run.config.update({"status": record.get("status"),
                                "loop_resolved": record.get("loop_resolved"),
                                "env": record.get("env")}, allow_val_change=True)
+            run.summary["status"] = record.get("status")
             metrics = record.get("metrics") or {}
             data = {f"{task}/{key}": val for task, m in metrics.items()
                     for key, val in (m or {}).items() if isinstance(val, (int, float))}
@@ -97,15 +111,8 @@ class Tracker:
             data.update(paired_deltas(record, baseline))
             for task, rows in sample_rows(record, baseline).items():
                 data[f"samples/{task}"] = wandb.Table(columns=SAMPLE_TABLE_COLUMNS, data=rows)
-            run.log(data)
-            run.summary["status"] = record.get("status")
-            self.runs.append(run.id)
-            return run.id
-        except Exception as e:           # noqa: BLE001
-            self._fail(e)
-            return None
-        finally:
-            _finish(run)
+            return data
+        return self._log(run, build)
 
     def log_cell(self, record: Mapping[str, Any], *, name: str | None = None,
                  baseline=None) -> str | None:
@@ -118,13 +125,7 @@ class Tracker:
 
     def log_grid(self, grid_id: str, summary=None, figures=()) -> str | None:
         """The grid-level run: the sweep's summary table (harness.summary) and its figures."""
-        if not self.enabled:
-            return None
-        run = None
-        try:
-            import wandb
-
-            run = self._init(name=f"grid {grid_id}", job_type="grid", config={"grid_id": grid_id})
+        def build(wandb) -> dict:
             data: dict = {}
             if summary is not None and len(summary):
                 frame = summary.astype(object).where(summary.notna(), None)
@@ -132,15 +133,9 @@ class Tracker:
             for path in figures:
                 data[f"figures/{os.path.splitext(os.path.basename(path))[0]}"] = \
                     wandb.Image(str(path))
-            run.log(data)
-            self.runs.append(run.id)
-            return run.id
-        except Exception as e:           # noqa: BLE001
-            self._fail(e)
-            return None
-        finally:
-            _finish(run)
-
+            return data
+        return self._log(self._start(name=f"grid {grid_id}", job_type="grid",
+                                     config={"grid_id": grid_id}), build)
 
 SAMPLE_TABLE_COLUMNS = ["task", "doc_id", "doc_hash", "target_hash", "correct_plain",
                         "correct_looped"]

@@ -86,3 +86,19 @@ def real_asset():
         a = assets.get_asset(name)
         return Path(assets.resolve_model(name) if a.kind == "model" else assets.data_dir(name))
     return get
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No Hub: the three offline switches set for the test."""
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(k, "1")
+
+
+@pytest.fixture
+def session():
+    """An initialised Hydra over the sweep configs (harness.config.hydra_session)."""
+    from harness import config
+
+    with config.hydra_session():
+        yield

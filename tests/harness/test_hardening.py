@@ -29,16 +29,7 @@ from tests.harness.test_store import record
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.setenv(k, "1")
-
-
-@pytest.fixture
-def session():
-    with config.hydra_session():
-        yield
+pytestmark = pytest.mark.usefixtures("offline")       # fixtures offline / session: conftest
 
 
 def env(**extra):
