@@ -258,7 +258,7 @@ def run_cell(spec: CellSpec, *, store: str | os.PathLike = "results",
                 f.unlink()
         _drop_outdated_cache(cache / "lm", log)
         run = None if tracker is None else tracker.start_cell(
-            spec.to_dict(), cell_id=cid,
+            spec.to_dict(), cell_id=cid, label=label,
             baseline_id=None if spec.is_baseline else cell_id(spec.baseline()))
         t0 = time.perf_counter()
         lm = results = None

@@ -89,11 +89,14 @@ class Tracker:
         finally:
             _finish(run)
 
-    def start_cell(self, spec: Mapping[str, Any], *, cell_id: str, baseline_id: str | None = None):
+    def start_cell(self, spec: Mapping[str, Any], *, cell_id: str, baseline_id: str | None = None,
+                   label: str = ""):
         """Start the run of a cell that is about to be computed (its runtime and system metrics
-        then cover the computation). Returns the run, or None (disabled / error)."""
+        then cover the computation); `label` (the cell's overrides) goes into its config.
+        Returns the run, or None (disabled / error)."""
         return self._start(name=run_name(spec), job_type="cell",
-                           config={"cell_id": cell_id, "baseline_id": baseline_id, **spec})
+                           config={"cell_id": cell_id, "baseline_id": baseline_id,
+                                   "label": label, **spec})
 
     def finish_cell(self, run, record: Mapping[str, Any], *, baseline=None) -> str | None:
         """Log a finished cell's record (and its paired delta vs `baseline`, a record mapping,
