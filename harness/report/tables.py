@@ -407,7 +407,7 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
                              else "no per-sample rows on both splits"})
                 continue
             confirm_deltas = [(cf["looped"] - cf["base"]).mean() * 100 for _, _, cf in scored]
-            best = max(range(len(scored)), key=lambda i: scored[i][0])
+            best = _pick_best(scored)
             d_sel, c, conf = scored[best]
             delta, lo, hi = stats.paired_bootstrap_ci(conf["base"], conf["looped"], n_boot=n_boot,
                                                       confidence=confidence, seed=seed)
@@ -432,7 +432,8 @@ def select_then_confirm(results: pd.DataFrame, samples: pd.DataFrame | None = No
                 rows.append({**row, "status": MISSING if conf_all.empty and row["n_candidates"] == 0
                              else f"no ok cell on {select_task}"})
                 continue
-            pick = sel.loc[sel["delta_pp"].idxmax()]
+            pick = sel.loc[sel.index[_pick_best([(d, r) for d, (_, r) in
+                                                  zip(sel["delta_pp"], sel.iterrows())])]]
             row.update(config=pick["config"], cell_id=pick["cell_id"],
                        select_delta_pp=pick["delta_pp"])
             match = conf_all[row_mask(all(same_value(r[k], pick[k]) for k in key_cols)
@@ -525,6 +526,18 @@ SCAN_SELECT_COLUMNS = [
 SCAN_MIN_STARTS = 4      # a panel is a scan when it has at least this many starts, and two widths
 
 
+def _pick_best(scored: list) -> int:
+    """The index of the best (selection delta, cell row, ...) entry: the largest delta; ties (equal
+    to 1e-9 pp, common on a few hundred items) go to the fewest window passes, then the smallest
+    config label / window, so the choice never depends on the order the records were read in."""
+    def key(i):
+        d, c = scored[i][0], scored[i][1]
+        passes = c.get("window_passes", 0)
+        passes = 0 if blank(passes) else float(passes)
+        return (-round(float(d), 9), passes, str(c.get("config", "")), str(c.get("window", "")))
+    return min(range(len(scored)), key=key)
+
+
 def scan_table(results: pd.DataFrame, samples: pd.DataFrame | None = None, *,
                compared: pd.DataFrame | None = None, n_boot: int = 2000,
                confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
@@ -576,7 +589,7 @@ def scan_select(scan: pd.DataFrame, samples: pd.DataFrame, select_docs: Iterable
         if not scored:
             continue
         confirm = [(cf["looped"] - cf["base"]).mean() * 100 for _, _, cf in scored]
-        best = max(range(len(scored)), key=lambda i: scored[i][0])
+        best = _pick_best(scored)
         rule = min(range(len(scored)), key=lambda i: (abs(scored[i][1]["window_centre"]
                                                           - rule_centre),
                                                       -scored[i][1]["width"]))

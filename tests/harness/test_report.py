@@ -219,6 +219,18 @@ def test_select_then_confirm_on_documents_by_hand():
     assert out["confirm_rank"] == 2
 
 
+def test_select_then_confirm_breaks_ties_by_passes_not_record_order():
+    """Two cells tie on the selection documents: the one with fewer window passes is chosen,
+    whichever order the records come in."""
+    res, smp = hand_frames()
+    twin = res[res["cell_id"] == "e3"].assign(cell_id="e3x", window_passes=9)
+    twin_s = smp[smp["cell_id"] == "e3"].assign(cell_id="e3x")
+    for r, s in ((pd.concat([twin, res]), pd.concat([twin_s, smp])),
+                 (pd.concat([res, twin]), pd.concat([smp, twin_s]))):
+        out = report.select_then_confirm(r, s, select_docs=set(range(5)), n_boot=100).iloc[0]
+        assert out["cell_id"] == "e3"
+
+
 def test_select_then_confirm_across_tasks():
     res, smp = hand_frames(with_task2=True)
     out = report.select_then_confirm(res, smp, select_task="commonsense_qa", confirm_task="openbookqa",
