@@ -138,49 +138,60 @@ def loglikelihoods(model: torch.nn.Module, requests: Sequence[Request],
         ids = pad_and_concat(max(inplens), inps, padding_side="right")
         width = max(len(c) for c in conts)
         index = torch.stack([(torch.arange(width) + n - width).clamp_min(0) for n in inplens])
-        logps = [F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
-                 for logits in _batch_logits(model, ids, index, settings, points, autocast_dtype)]
-        for i, ((request_str, ctx_tokens, _), cont) in enumerate(zip(chunk, conts)):
-            rows = [logp[i, width - len(cont):].unsqueeze(0) for logp in logps]   # [1, cont, V]
-            siblings = [(r, c) for r, c, _ in re_ord.get_cache(
-                req_str=request_str, cxt_toks=ctx_tokens, cont_toks=cont, logits=rows[0])]
-            for k, row in enumerate(rows):
+        # the siblings (one-token continuations of a shared context) are the same under every
+        # setting; lm-eval's Collator hands them out once per request
+        family = [[c for _, c, _ in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
+                                                     cont_toks=cont, logits=_NO_LOGITS)]
+                  for (request_str, ctx_tokens, _), cont in zip(chunk, conts)]
+        # one setting's (B, P, V) log-probabilities at a time: with many settings (a grid) and a
+        # large vocabulary, holding them all would take many GB (16 x Gemma-3's 262k x P x B)
+        for k, logits in enumerate(_batch_logits(model, ids, index, settings, points,
+                                                 autocast_dtype)):
+            logp = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
+            del logits
+            for i, cont in enumerate(conts):
+                row = logp[i, width - len(cont):].unsqueeze(0)                 # [1, cont, V]
                 greedy = row.argmax(dim=-1)
-                for _, cont_toks in siblings:
+                for cont_toks in family[i]:
                     toks = torch.tensor(cont_toks, dtype=torch.long, device=row.device)[None]
                     n = toks.shape[1]
                     is_greedy = bool((greedy[:, -n:] == toks).all())
                     logprob = float(torch.gather(row[:, -n:], 2, toks[..., None]).sum())
                     results[k].append((logprob, is_greedy))
-            pbar.update(len(siblings))
+            del logp
+        pbar.update(sum(len(f) for f in family))
     pbar.close()
     return [re_ord.get_original(r) for r in results]
 
 
 def _batch_logits(model, ids, index, settings: list[_Setting], points: list[int],
-                  autocast_dtype) -> list[torch.Tensor]:
-    """Logits (B, P, V) of one batch under every setting, sharing the recorded states."""
+                  autocast_dtype) -> Iterator[torch.Tensor]:
+    """Logits (B, P, V) of one batch under each setting in turn, sharing the recorded states
+    (a generator: the caller drops one setting's logits before the next is computed)."""
     if not points:
-        out = []
         for s in settings:
             with s.handle if s.handle is not None else contextlib.nullcontext():
-                out.append(_forward(model, ids, index, autocast_dtype))
-        return out
+                out = _forward(model, ids, index, autocast_dtype)
+            yield out
+        return
     with torch.no_grad(), capture_inputs(model, points) as seen:
         model(ids, use_cache=False)
     top = points[-1]
-    out = []
     for s in settings:
         if s.handle is None:                          # the plain model: continue from the top
             with start_at(model, top, seen[top]):
-                out.append(_forward(model, ids, index, autocast_dtype))
+                out = _forward(model, ids, index, autocast_dtype)
+            yield out
             continue
         with s.handle, start_at(model, s.start, seen[s.start]):
             natural = (s.handle.natural_output(seen[s.end]) if s.end is not None
                        else contextlib.nullcontext())
             with natural:
-                out.append(_forward(model, ids, index, autocast_dtype))
-    return out
+                out = _forward(model, ids, index, autocast_dtype)
+        yield out
+
+
+_NO_LOGITS = torch.empty(1, 1, 1)   # lm-eval's get_cache expands it; the rows come per setting
 
 
 def requests_key(requests: Sequence[Request]) -> str:
