@@ -27,7 +27,7 @@ SIMPLE = {   # local task -> installed YAML (relative to lm_eval/tasks)
 SIZES = {"local_commonsense_qa": 1221, "local_openbookqa_val": 500, "local_arc_easy_val": 570,
          "local_arc_challenge_val": 299, "local_piqa": 1838, "local_hellaswag": 10042,
          "local_mmlu": 14042, "local_mmlu1k": 1000, "local_commonsense_qa_fsval": 1221,
-         "local_piqa500": 500}
+         "local_piqa500": 500, "local_piqa300": 300, "local_arc_easy300_val": 300}
 
 
 @pytest.fixture(scope="module")
@@ -287,16 +287,21 @@ def test_zero_shot_tasks_refuse_shots(tm):
     assert mmlu.fewshot_context(mmlu.eval_docs[0], 5).count("\nAnswer:") == 6
 
 
-def test_piqa500_is_the_seeded_subset_of_local_piqa(tm):
-    """local_piqa500 = local_piqa's documents at the seeded rows, same prompts, same config but
-    the subset (the real-model experiments' PIQA)."""
-    from harness.tasks.real.subsets import PIQA500, subset_rows
-    full = _load(tm, "local_piqa")["local_piqa"]
-    sub = _load(tm, "local_piqa500")["local_piqa500"]
-    rows = subset_rows(PIQA500["size"], PIQA500["n"], PIQA500["seed"])
-    assert len(rows) == 500 == len(sub.eval_docs) and rows == sorted(set(rows))
+@pytest.mark.parametrize("name, whole", [("local_piqa500", "local_piqa"),
+                                         ("local_piqa300", "local_piqa"),
+                                         ("local_arc_easy300_val", "local_arc_easy_val")])
+def test_seeded_subsets_are_their_tasks_rows(tm, name, whole):
+    """A seeded subset = its task's documents at the seeded rows, same prompts, same config but
+    the subset (the real-model experiments' PIQA / ARC-Easy)."""
+    from harness.tasks.real.subsets import SUBSETS, subset_rows
+    spec = SUBSETS[name]
+    full = _load(tm, whole)[whole]
+    sub = _load(tm, name)[name]
+    rows = subset_rows(spec["size"], spec["n"], spec["seed"])
+    assert len(rows) == spec["n"] == len(sub.eval_docs) and rows == sorted(set(rows))
+    assert len(full.eval_docs) == spec["size"]
     full_docs, sub_docs = list(full.eval_docs), list(sub.eval_docs)
-    for k in (0, 1, 250, 499):
+    for k in (0, 1, spec["n"] // 2, spec["n"] - 1):
         assert sub_docs[k] == full_docs[rows[k]]
         assert sub.doc_to_text(sub_docs[k]) == full.doc_to_text(full_docs[rows[k]])
     a, b = dict(full.config.to_dict()), dict(sub.config.to_dict())

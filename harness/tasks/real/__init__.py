@@ -61,6 +61,8 @@ REAL_TASKS: dict[str, tuple[str, str, int, str]] = {
     "local_arc_challenge_val": ("arc_challenge", "validation", 299, "test"),
     "local_piqa": ("piqa", "validation", 1838, "validation"),
     "local_piqa500": ("piqa", "validation", 500, "validation"),
+    "local_piqa300": ("piqa", "validation", 300, "validation"),
+    "local_arc_easy300_val": ("arc_easy", "validation", 300, "test"),
     "local_hellaswag": ("hellaswag", "validation", 10042, "validation"),
     "local_mmlu": ("mmlu", "test", 14042, "test"),
     "local_mmlu1k": ("mmlu", "test", 1000, "test"),
