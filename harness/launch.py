@@ -116,38 +116,64 @@ def _start(c) -> int:
     return int(window.split(":")[0]) if ":" in window else 0
 
 
-def _cost(cells) -> float:
-    """Estimated work of a list of cells: layer passes per token above each cell's window start
-    (a shared pass computes the layers below once), times its items."""
-    return sum(max(1, (c.cost.layer_passes or 1) - _start(c)) * items_of(c.spec) for c in cells)
+def _cost(cells, shared: frozenset = frozenset()) -> float:
+    """Estimated work of a list of cells (layer passes per token x items). Cells whose share_key
+    is in `shared` are scored together: the layers below their highest window start run once,
+    then each setting runs from its own start; every other cell (generation tasks, sharing off)
+    runs its whole model on its own."""
+    total, groups = 0.0, {}
+    for c in cells:
+        key = c.spec.share_key()
+        if key in shared:
+            groups.setdefault(key, []).append(c)
+        else:
+            total += (c.cost.layer_passes or 1) * items_of(c.spec)
+    for g in groups.values():
+        top = max(_start(c) for c in g)
+        total += items_of(g[0].spec) * (top + sum(max(1, (c.cost.layer_passes or 1) - _start(c))
+                                                  for c in g))
+    return total
 
 
 def split_cells(plan: Plan, n: int) -> list[list]:
     """The cells to compute in `n` parts of about equal estimated work (`_cost`). The cells of one
     shared-scoring group (share_key) stay together while the balance allows; a group bigger than
     one part's share is split between window starts (each part then shares within its cells)."""
+    shared = plan.shared_keys()
     units: dict[Any, list] = {}
     for c in plan.todo:
-        key = c.spec.share_key() if plan.settings.sharing else c.cell_id
-        units.setdefault(key, []).append(c)
+        key = c.spec.share_key()
+        units.setdefault(key if key in shared else c.cell_id, []).append(c)
     pieces = list(units.values())
-    target = _cost(plan.todo) / n
+
+    def cost(cells):
+        return _cost(cells, shared)
+
+    def assign(pieces):                          # largest first, each to the lightest part
+        parts: list[list] = [[] for _ in range(n)]
+        for unit in sorted(pieces, key=cost, reverse=True):
+            min(parts, key=lambda p: cost([c for u in p for c in u])).append(unit)
+        return parts
+
+    target = cost(plan.todo) / n
     while True:
-        big = max(pieces, key=_cost)
-        starts = sorted({_start(c) for c in big})
-        if _cost(big) <= target * 1.05 or len(starts) < 2:
+        parts = assign(pieces)
+        worst = max(parts, key=lambda p: cost([c for u in p for c in u]))
+        splittable = [u for u in worst if len({_start(c) for c in u}) > 1]
+        if cost([c for u in worst for c in u]) <= target * 1.05 or not splittable:
             break
+        # the heaviest part is over its share: split its biggest shared group between two window
+        # starts where the lower half comes nearest half the work (both halves non-empty, so
+        # every split makes progress; each half still shares within itself)
+        big = max(splittable, key=cost)
         pieces.remove(big)
+        starts = sorted({_start(c) for c in big})
         groups = [[c for c in big if _start(c) == s] for s in starts]
-        costs = [_cost(g) for g in groups]
-        # cut between two window starts where the lower half comes nearest half the work
-        # (both halves non-empty, so every split makes progress)
+        costs = [cost(g) for g in groups]
         cut = min(range(1, len(groups)),
-                  key=lambda i: abs(sum(costs[:i]) - _cost(big) / 2))
+                  key=lambda i: abs(sum(costs[:i]) - cost(big) / 2))
         pieces += [[c for g in groups[:cut] for c in g], [c for g in groups[cut:] for c in g]]
-    parts: list[list] = [[] for _ in range(n)]
-    for unit in sorted(pieces, key=_cost, reverse=True):
-        min(parts, key=_cost).extend(unit)
+    parts = [[c for u in p for c in u] for p in parts]
     order = {c.cell_id: i for i, c in enumerate(plan.todo)}
     return [sorted(p, key=lambda c: order[c.cell_id]) for p in parts if p]
 

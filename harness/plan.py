@@ -153,13 +153,17 @@ class Cost:
 
 
 def items_of(spec: CellSpec) -> float:
-    """The documents a cell scores, where known (its limit, or a real-data task's size), else 1."""
+    """The documents a cell scores, where known (its limit, or a real-data or embedded task's
+    size), else 1."""
+    from harness.embedded import N_GEN, N_MC
     from harness.tasks.real import REAL_TASKS
 
+    known = {**{t: v[2] for t, v in REAL_TASKS.items()}, "embedded_mc": N_MC, "embedded_gen": N_GEN}
+    sizes = [known[t] for t in spec.tasks if t in known]
+    size = float(sum(sizes)) if sizes else None
     if isinstance(spec.limit, int) and spec.limit > 0:
-        return float(spec.limit)
-    sizes = [REAL_TASKS[t][2] for t in spec.tasks if t in REAL_TASKS]
-    return float(sum(sizes)) if sizes else 1.0
+        return float(spec.limit) if size is None else min(float(spec.limit), size)
+    return size or 1.0
 
 
 @dataclass(frozen=True)
@@ -236,28 +240,30 @@ class Plan:
                            "cost": (c.cost.layer_passes or 0) * items_of(c.spec) or None}
                           for c in cells]}
 
-    def sharing(self) -> tuple[int, int, int]:
-        """(cells scored in shared passes, shared passes, cells scored alone) among the cells to
-        compute: cells with equal `share_key` whose tasks are loglikelihood ones share a pass
-        (harness.run.share_groups; generation requests are always computed per cell)."""
+    def shared_keys(self) -> frozenset:
+        """The share_keys of the cells to compute that are scored in shared passes: more than one
+        cell with that key, loglikelihood tasks only (harness.run.share_groups; generation
+        requests are always computed per cell), sharing on."""
         from harness.tasks import SHARED_OUTPUT_TYPES, output_types
 
         if not self.settings.sharing:
-            return 0, 0, len(self.todo)
-        groups: dict[tuple, int] = {}
-        alone = 0
+            return frozenset()
+        count: dict[tuple, int] = {}
         for c in self.todo:
             try:
                 kinds = output_types(c.spec.tasks, c.spec.include_path)
             except Exception:      # noqa: BLE001 - an unknown task fails at run time, not here
-                kinds = {"unknown"}
+                continue
             if kinds and kinds <= SHARED_OUTPUT_TYPES:
-                groups[c.spec.share_key()] = groups.get(c.spec.share_key(), 0) + 1
-            else:
-                alone += 1
-        shared = {k: n for k, n in groups.items() if n > 1}
-        alone += sum(n for n in groups.values() if n == 1)
-        return sum(shared.values()), len(shared), alone
+                count[c.spec.share_key()] = count.get(c.spec.share_key(), 0) + 1
+        return frozenset(k for k, n in count.items() if n > 1)
+
+    def sharing(self) -> tuple[int, int, int]:
+        """(cells scored in shared passes, shared passes, cells scored alone) among the cells to
+        compute (`shared_keys`)."""
+        keys = self.shared_keys()
+        shared = sum(c.spec.share_key() in keys for c in self.todo)
+        return shared, len(keys), len(self.todo) - shared
 
     def jobs(self) -> list[dict]:
         """The launcher jobs of the cells to compute: one per model (group_by=model; also for

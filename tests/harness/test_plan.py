@@ -205,6 +205,24 @@ def test_split_cells_ends_and_keeps_every_cell_once(session, tmp_path, overrides
     assert len(parts) == expected and all(parts)
 
 
+def test_cost_counts_a_shared_prefix_once_and_generation_cells_whole(session, tmp_path):
+    """The local split's cost model: loglikelihood cells of one share group compute the layers
+    below their window once (then each from its own start); generation cells run whole."""
+    plan = plan_grid(["model=embedded", "task=embedded-mc,embedded-gen", "loop.k=2,3",
+                      "loop.window='4:5'", f"store={tmp_path}"])
+    shared = plan.shared_keys()
+    mc = [c for c in plan.todo if "embedded_mc" in c.spec.tasks]
+    gen = [c for c in plan.todo if "embedded_gen" in c.spec.tasks]
+    assert len(mc) == len(gen) == 3 and len(shared) == 1
+    assert all(c.spec.share_key() in shared for c in mc)
+    assert not any(c.spec.share_key() in shared for c in gen)
+    assert plan.sharing() == (3, 1, 3)
+    assert launch._cost(gen, shared) == sum(c.cost.layer_passes * 150 for c in gen)
+    assert launch._cost(mc, shared) == 200 * (4 + sum(c.cost.layer_passes - launch._start(c)
+                                                      for c in mc))
+    assert launch._cost(mc) == sum(c.cost.layer_passes * 200 for c in mc)   # sharing off
+
+
 def test_slurm_runner_configures_submitit_from_the_launcher_group(session, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"                  # submitit's Slurm executor wants an srun on PATH
     bin_dir.mkdir()
