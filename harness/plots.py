@@ -132,6 +132,14 @@ def _legend(ax) -> None:
 
 
 # ---- collapse -------------------------------------------------------------------------------------------
+def _curves_only(g: pd.DataFrame) -> pd.DataFrame:
+    """A panel's rows in windows that have a curve (two or more K): a store that also holds
+    single-K cells (a depth part, a window scan) would otherwise add a point per window."""
+    ks = g.groupby("window", dropna=False)["k"].nunique()
+    curved = ks[ks > 1].index
+    return g[g["window"].isin(curved)] if len(curved) else g
+
+
 def plot_collapse(collapse: pd.DataFrame, *, band: str = "paired") -> Figure:
     """Accuracy (pp) vs K, one line per strategy (colour; marker per window, and variant when
     several), one panel per model x task; shaded band (band='paired') = baseline + the paired 95%
@@ -147,6 +155,7 @@ def plot_collapse(collapse: pd.DataFrame, *, band: str = "paired") -> Figure:
         names = list(df["integrator"].dropna().unique())
         for ax, (name, g) in zip(axes, panels):
             base = _baseline(ax, g)
+            g = _curves_only(g)
             several_windows = g["window"].nunique() > 1
             several_modes = g["mode"].nunique() > 1
             windows = sorted(g["window"].dropna().astype(str).unique().tolist())

@@ -53,6 +53,19 @@ def test_collapse_units_strategies_and_failed_marker(tables):
     assert "failed / missing" in labels and "not ok" in ax.get_title()
 
 
+def test_collapse_draws_curves_not_single_k_windows(tables):
+    """A store that also holds one-K cells at other windows (a depth part, a window scan) adds no
+    point per window to the collapse panels: only windows with a curve are drawn."""
+    import pandas as pd
+    col = tables["collapse"].frame
+    panel = col[col["k"].notna() & (col["status"] == "ok")]
+    one = panel.iloc[[0]].assign(window="0:1", k=3.0, integrator="naive")
+    before = plots.plot_collapse(col)
+    after = plots.plot_collapse(pd.concat([col, one], ignore_index=True))
+    lines = lambda fig: [len(ax.get_lines()) for ax in fig.axes]         # noqa: E731
+    assert lines(after) == lines(before)
+
+
 def test_depth_band_and_moe_models(tables):
     fig = plots.plot_depth(tables["depth"].frame)
     assert "depth fraction" in fig.get_supxlabel()
