@@ -64,7 +64,7 @@ def colour(name: str, names: Sequence[str] = ()) -> str:
 
 
 def _figure(n_panels: int, *, ncols: int = 3, size=(4.6, 3.4)) -> tuple[Figure, list]:
-    ncols = max(1, min(ncols, n_panels))
+    ncols = max(1, min(ncols, n_panels, 2 if n_panels == 4 else ncols))     # 4 panels: 2 x 2
     nrows = max(1, math.ceil(n_panels / ncols))
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
@@ -86,8 +86,11 @@ def _panels(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple[str, pd.DataFra
     out = []
     for key, g in df.groupby(keys, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        out.append((" | ".join(f"K={int(v)}" if c == "k" else str(v)
-                               for c, v in zip(keys, key) if not _blank(v)), g))
+        title = " | ".join(f"K={int(v)}" if c == "k" else str(v)
+                           for c, v in zip(keys, key) if not _blank(v))
+        if len(title) > 45:              # long model names: the model on its own line
+            title = title.replace(" | ", "\n", 1)
+        out.append((title, g))
     return out
 
 
