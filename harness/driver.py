@@ -16,7 +16,7 @@ The pass (docs/sweeps.md):
 3. `--cfg` / `dry_run=true`: print the plan and stop;
 4. run the cells that are not ok yet (harness.launch: in this process, or as submitit jobs);
 5. print the grid summary from the records; with `report=true` build the report of this grid's
-   cells (harness.report.make_report). Exit code 1 when a cell failed, is missing or was not run
+   cells (harness.report.make_report), with `report=store` of every record in the store. Exit code 1 when a cell failed, is missing or was not run
    (its model is unavailable here: reported per cell with the reason).
 A command line that names no valid grid (an unknown preset or key, a bad value, a malformed
 override, a cell the model cannot run: every check that needs no weights runs while planning)
@@ -343,7 +343,8 @@ def run_plan(plan, runner) -> int:
         if partial:
             print(f"[loopsweep] the report covers a partial grid ({partial} cells not ok)",
                   flush=True)
-        figures = _report(s.store, plan.report_ids(), s.figures)
+        figures = _report(s.store, None if s.report == "store" else plan.report_ids(),
+                          s.figures)
     if todo:
         _grid_run(plan, frame, figures)
     return 1 if summary["failed"] or summary["missing"] or not_run else 0
@@ -399,8 +400,9 @@ def summarize(store, cids, before, force, started) -> dict:
     return out
 
 
-def _report(store: str, cell_ids: list[str], figures: str | None) -> list:
-    """The report of this grid's records (other grids in the store stay out); its files."""
+def _report(store: str, cell_ids: list[str] | None, figures: str | None) -> list:
+    """The report of this grid's records (other grids in the store stay out), or of every record
+    in the store (cell_ids None: report=store); its files."""
     from .report import make_report
 
     try:

@@ -102,6 +102,21 @@ def label(overrides: list[str]) -> str:
 
 
 # ---- the plan ------------------------------------------------------------------------------------
+REPORT_CHOICES = ("true: this grid's cells", "store: every record in the store", "false")
+
+
+def _report_choice(value) -> bool | str:
+    """`report=`: True / False, or 'store' (the report of every record in the store: the parts of
+    an experiment that share a store each rewrite the whole report)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    if str(value) == "store":
+        return "store"
+    raise ValueError(f"report={value}: not a choice; valid: {'; '.join(REPORT_CHOICES)}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the grid runs (the sweep config's non-cell keys, from its first combination)."""
@@ -110,7 +125,7 @@ class Settings:
     baseline: bool = True
     group_by: str = "model"
     dry_run: bool = False
-    report: bool = False
+    report: bool | str = False         # True: this grid's cells; "store": every record in the store
     figures: str | None = None         # None: <store>/figures
     allow_code_eval: bool = False
     lock_stale_s: float = 86400
@@ -126,7 +141,7 @@ class Settings:
                                  "sharing")}
         out = cls(store=str(c["store"]), force=bool(c["force"]), baseline=bool(c["baseline"]),
                   group_by=str(c["group_by"]), dry_run=bool(c["dry_run"]),
-                  report=bool(c["report"]), figures=str(c["figures"]) if c["figures"] else None,
+                  report=_report_choice(c["report"]), figures=str(c["figures"]) if c["figures"] else None,
                   allow_code_eval=bool(c["allow_code_eval"]),
                   lock_stale_s=float(c["lock_stale_s"]), device=c["device"],
                   sharing=bool(c["sharing"]),

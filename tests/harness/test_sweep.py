@@ -183,6 +183,15 @@ def test_report_true_covers_only_this_grid(basic_grid, tiny_dir, task_dir, tmp_p
     assert (store / "figures" / "collapse.png").is_file()
     assert not (figures / "collapse.png").exists()
     assert "stale file(s) of the previous report" in again.stdout
+    # report=store: every record in the store (the parts of an experiment sharing one store)
+    whole = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=store",
+                                                                     "baseline=false"])
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    assert "restricted" not in (store / "report.md").read_text()
+    rows = list(csv.DictReader((store / "collapse.csv").open()))
+    assert {float(row["k"]) for row in rows} == {2.0, 3.0, 4.0, 5.0, 6.0}
+    bad = sweep(grid_args(tiny_dir, task_dir, store, ks="5,6") + ["report=all"])
+    assert bad.returncode == 2 and "report=all: not a choice" in bad.stderr, bad.stderr[-2000:]
     assert git_status() == git_before                     # nothing written into the checkout
 
 
