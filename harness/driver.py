@@ -16,7 +16,8 @@ The pass (docs/sweeps.md):
 3. `--cfg` / `dry_run=true`: print the plan and stop;
 4. run the cells that are not ok yet (harness.launch: in this process, or as submitit jobs);
 5. print the grid summary from the records; with `report=true` build the report of this grid's
-   cells (harness.report.make_report), with `report=store` of every record in the store. Exit code 1 when a cell failed, is missing or was not run
+   cells (harness.report.make_report), with `report=store` of every record in the store.
+   Exit code 1 when a cell failed, is missing or was not run
    (its model is unavailable here: reported per cell with the reason).
 A command line that names no valid grid (an unknown preset or key, a bad value, a malformed
 override, a cell the model cannot run: every check that needs no weights runs while planning)

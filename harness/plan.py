@@ -141,7 +141,8 @@ class Settings:
                                  "sharing")}
         out = cls(store=str(c["store"]), force=bool(c["force"]), baseline=bool(c["baseline"]),
                   group_by=str(c["group_by"]), dry_run=bool(c["dry_run"]),
-                  report=_report_choice(c["report"]), figures=str(c["figures"]) if c["figures"] else None,
+                  report=_report_choice(c["report"]),
+                  figures=str(c["figures"]) if c["figures"] else None,
                   allow_code_eval=bool(c["allow_code_eval"]),
                   lock_stale_s=float(c["lock_stale_s"]), device=c["device"],
                   sharing=bool(c["sharing"]),

@@ -21,7 +21,8 @@ RULE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": "14:17",
 #: the settings the README table shows at the rule's window (every cell is in results/real/cells.md)
 SHOWN = {("naive", 6), ("euler", 3), ("anchored", 3)}
 #: the table's header (scripts/real_readme_table.py rewrites the table below it)
-TABLE_HEAD = "| model | task | n | baseline [95% CI] | mark | setting | delta pp [95% CI] | p (Holm) |"
+TABLE_HEAD = ("| model | task | n | baseline [95% CI] | mark | setting | delta pp [95% CI] "
+              "| p (Holm) |")
 
 
 def section(title: str) -> str:
