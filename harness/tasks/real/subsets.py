@@ -1,9 +1,9 @@
 """process_docs of the fixed seeded item subsets of the real-data tasks.
 
 `local_piqa500`: 500 of the 1,838 PIQA validation items, `random.Random(1234).sample(range(1838),
-500)`, kept in their validation order (doc_id k is the k-th kept row). `local_piqa300` (300 of
-the PIQA items) and `local_arc_easy300_val` (300 of the 570 ARC-Easy validation items) are drawn
-the same way (seed 1234). Used by the real-model experiments (docs/real-models.md), whose grids the full splits would
+500)`, kept in their validation order (doc_id k is the k-th kept row). `local_piqa300` and
+`local_arc_easy300_val`: 300 PIQA / 300 of the 570 ARC-Easy validation items drawn the same way (seed
+1234). Used by the real-model experiments (docs/real-models.md), whose grids the full splits would
 make too slow on a CPU.
 """
 from __future__ import annotations
