@@ -233,11 +233,11 @@ def plot_strategy(strategy: pd.DataFrame, *, by: str = "k") -> Figure:
 # ---- depth fraction ---------------------------------------------------------------------------------------
 def plot_depth(depth: pd.DataFrame, *, band: tuple[float, float] = DEPTH_BAND) -> Figure:
     """Delta vs window centre (depth fraction): small multiples with shared axes, one panel per
-    task x K (x mode when several; K = 1 is left out: most strategies are the plain model
-    there), one line per strategy in its colour (marker per model x width when several), error
-    bars = paired 95% CI, shaded = the paper's best band (0.43-0.71), dashed zero line = the
-    baseline. At most 1600 x 1600 px. Cells without a resolved centre are not drawn (the depth
-    table lists them)."""
+    model x task x K (x mode when several; K = 1 is left out: most strategies are the plain model
+    there), one line per strategy in its colour (marker and label per window width when a panel
+    has several), error bars = paired 95% CI, shaded = the paper's best band (0.43-0.71), dashed
+    zero line = the baseline. At most 1600 x 1600 px. Cells without a resolved centre are not
+    drawn (the depth table lists them)."""
     df = depth[depth["window_centre"].notna()] if len(depth) else depth
     if len(df):
         df = df[df["k"].astype(float) > 1]
@@ -248,49 +248,48 @@ def plot_depth(depth: pd.DataFrame, *, band: tuple[float, float] = DEPTH_BAND) -
     if df.empty:
         return _empty("no windows with a known centre at K > 1")
     with style():
-        keys = ["task", "k"] + (["mode"] if df["mode"].nunique() > 1 else [])
+        keys = ["model_name", "task", "k"] + (["mode"] if df["mode"].nunique() > 1 else [])
         panels = _panels(df, keys)
-        ncols = min(len(panels), max(1, df["k"].nunique()), 5)
+        ncols = 2 if len(panels) == 4 else min(len(panels), 4)         # as _figure lays out
         nrows = math.ceil(len(panels) / ncols)
-        size = (min(3.1, 15.0 / ncols), min(2.6, 14.0 / nrows))
-        fig, axes = _figure(len(panels), ncols=ncols, size=size)
+        width = 6.4 if ncols == 1 else min(4.6, 15.0 / ncols)     # room for the long titles
+        fig, axes = _figure(len(panels), ncols=ncols, size=(width, min(3.2, 14.0 / nrows)))
         for ax in axes[1:]:
             ax.sharex(axes[0])
             ax.sharey(axes[0])
         names = list(df["integrator"].dropna().unique())
-        series = df[["model_name", "window_width", "variant"]].drop_duplicates() \
-            .astype(str).agg(" ".join, axis=1).tolist()
         for ax, (name, g) in zip(axes, panels):
             ax.axvspan(*band, color="#f2c14e", alpha=0.22,
                        label=f"paper's best band {band[0]:.2f}-{band[1]:.2f}")
             _baseline(ax, g, at_zero=True)
-            for (integ, model, width, var), s in g[g["status"] == "ok"].groupby(
-                    ["integrator", "model_name", "window_width", "variant"], dropna=False,
-                    sort=True):
+            ok = g[g["status"] == "ok"]
+            widths = sorted(ok["window_width"].dropna().astype(float).unique().tolist())
+            for (integ, width, var), s in ok.groupby(["integrator", "window_width", "variant"],
+                                                     dropna=False, sort=True):
                 s = s.sort_values("window_centre")
-                key = " ".join(str(v) for v in (model, width, var))
-                mk = WINDOW_MARKERS[series.index(key) % len(WINDOW_MARKERS)] \
-                    if key in series else "o"
+                several = len(widths) > 1 and not _blank(width)
+                mk = WINDOW_MARKERS[widths.index(float(width)) % len(WINDOW_MARKERS)] \
+                    if several else "o"
                 err = np.vstack([(s["delta_pp"] - s["ci_low_pp"]).clip(lower=0),
                                  (s["ci_high_pp"] - s["delta_pp"]).clip(lower=0)])
-                label = str(integ) + (f" | {model} width {int(width)}" if len(series) > 1
-                                      and not _blank(width) else "")
+                label = " ".join([str(integ)] + ([f"width {int(width)}"] if several else [])
+                                 + ([] if _blank(var) or not str(var) else [str(var)]))
                 ax.errorbar(s["window_centre"], s["delta_pp"], yerr=np.nan_to_num(err),
                             marker=mk, capsize=2, color=colour(integ, names), label=label)
             n_bad = _mark_not_ok(ax, g, "window_centre", 0.0)
             ax.set_xlim(0, 1)
-            ax.set_title(_title(name, n_bad), fontsize=9)
+            ax.set_title(_title(name, n_bad), fontsize=8)
         for ax in axes:
             ax.label_outer()
         fig.supxlabel("window centre (depth fraction of the layers)")
         fig.supylabel("delta vs baseline (pp)")
-        handles, labels = axes[0].get_legend_handles_labels()
-        for ax in axes[1:]:
+        handles, labels = [], []
+        for ax in axes:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
-        fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize="small")
+        fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize="small")
         fig.suptitle("Depth fraction: delta vs window centre (error bars: paired 95% CI)")
     return fig
 

@@ -75,6 +75,15 @@ def test_depth_band_and_moe_models(tables):
     assert all(ax.get_shared_y_axes().joined(fig.axes[0], ax) for ax in fig.axes)
     w, h = fig.get_size_inches() * fig.dpi
     assert w <= 1600 and h <= 1600, (w, h)
+    # one panel per model x task x K with a line (two windows or more), each titled with its model
+    d = tables["depth"].frame
+    d = d[(d["k"] > 1) & d["window_centre"].notna()]
+    lines = d.groupby(["model_name", "task", "k", "integrator", "window_width", "variant"],
+                      dropna=False)["window_centre"].nunique()
+    panels = {key[:3] for key, n in lines.items() if n > 1}
+    assert len(fig.axes) == len(panels) > 1
+    for ax in fig.axes:
+        assert any(m in ax.get_title() for m in d["model_name"].unique()), ax.get_title()
     fig = plots.plot_moe(tables["moe"].frame)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["moe-b"]
 
