@@ -139,3 +139,34 @@ def test_lock_of_another_host_is_trusted_until_stale(tmp_path):
     os.utime(path, (0, 0))
     with st.cell_lock(tmp_path, "c3", stale_s=3600) as mine:
         assert mine
+
+
+def test_compare_stores_script_names_the_cells_that_differ(tmp_path):
+    """scripts/compare_stores.py (the regeneration check of docs/real-models.md): equal answers
+    pass; a changed score, a missing cell, a store that is not one each fail with their names."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "compare_stores.py"
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        st.write_record(root, record("same00000000"))
+        st.write_record(root, record("chgd00000000"))
+    changed = record("chgd00000000")
+    changed["samples"]["t1"][2]["score"] = 1.0
+    st.write_record(b, changed)
+    st.write_record(a, record("only00000000"))
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
+                              text=True)
+
+    r = run(a, b)
+    assert r.returncode == 1
+    assert "DIFFERS chgd00000000: 1 of 4 samples differ in score" in r.stdout
+    assert "MISSING only00000000" in r.stdout and "same00000000" not in r.stdout
+    assert "1 cell(s) with the same per-sample answers, 1 differ, 1 missing" in r.stdout
+    ids = tmp_path / "ids.txt"
+    ids.write_text("same00000000\n")
+    assert run(a, b, "--cells", ids).returncode == 0
+    r = run(a, tmp_path / "nowhere")
+    assert r.returncode == 2 and "is not a results store" in r.stderr
