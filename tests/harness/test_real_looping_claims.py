@@ -1,7 +1,8 @@
 """The README's section "What looping does to real models" against the committed tables of the
-real-model parts (`results/real/cells.csv`, `scan_select.csv`): every row of its deltas table is
-that CSV, no shown setting is left out, K = 1 equals the baseline per sample, every cell of the
-collapse part has its row, and the window scan's selected window is reported with its confirmed
+real-model parts (`results/real/cells.csv`, `baselines.csv`, `scan_select.csv`): every row of its
+deltas table and of its depth table is that CSV, no shown setting is left out, K = 1 equals the
+baseline per sample, every planned cell of every part has its row (and the cell ids still match
+the committed results), and the window scan's selected window is reported with its confirmed
 delta."""
 import csv
 import re
@@ -14,15 +15,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CELLS = ROOT / "results" / "real" / "cells.csv"
 SCAN_SELECT = ROOT / "results" / "real" / "scan_select.csv"
+BASELINES = ROOT / "results" / "real" / "baselines.csv"
+#: the real-model parts (harness/configs/experiment/real-*.yaml) whose results are committed
+PARTS = ("real-collapse", "real-depth", "real-paper", "real-scan")
 LOOPED = "## What looping does to real models"
 #: the depth rule's window of each model preset (c0.5w3 of 30 layers, c0.5w2 of 18)
 RULE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": "14:17",
         "gemma3-270m-dequantised-from-GGUF-Q4_K_M": "9:11"}
 #: the settings the README table shows at the rule's window (every cell is in results/real/cells.md)
 SHOWN = {("naive", 6), ("euler", 3), ("anchored", 3)}
-#: the table's header (scripts/real_readme_table.py rewrites the table below it)
+#: the depth part's windows: centres 0.3 / 0.5 / 0.7 with each model's width and layer count
+DEPTH_CENTRES = (0.3, 0.5, 0.7)
+DEPTH_SHAPE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": (3, 30),
+               "gemma3-270m-dequantised-from-GGUF-Q4_K_M": (2, 18)}
+DEPTH_SHOWN = {("naive", 3), ("anchored", 3)}
+DEPTH_TASKS = ("local_arc_easy300_val", "local_piqa300")
+#: the tables' headers (scripts/real_readme_table.py rewrites the tables below them)
 TABLE_HEAD = ("| model | task | n | baseline [95% CI] | mark | setting | delta pp [95% CI] "
               "| p (Holm) |")
+DEPTH_HEAD = ("| model | task | setting | centre 0.3: window, delta pp [95% CI] | centre 0.5 "
+              "| centre 0.7 |")
 
 
 def section(title: str) -> str:
@@ -50,6 +62,30 @@ def fmt_delta(row: dict) -> list[str]:
             f"{float(row['p_holm']):.2g}"]
 
 
+def depth_windows(model_name: str) -> list[str]:
+    from looping.config import window_from_centre
+
+    width, layers = DEPTH_SHAPE[model_name]
+    return ["%d:%d" % window_from_centre(c, width, layers) for c in DEPTH_CENTRES]
+
+
+def depth_rows(cells: list[dict]) -> list[list[str]]:
+    """The README's depth table from cells.csv: one row per model x task x setting, one column
+    per window centre ('window delta [CI]'; '-' where the cell has not been run)."""
+    by = {(r["model_name"], r["task"], r["integrator"], int(float(r["k"])), r["window"]): r
+          for r in cells if r["status"] == "ok"}
+    out = []
+    for model in sorted(DEPTH_SHAPE):
+        for task in DEPTH_TASKS:
+            for integ, k in sorted(DEPTH_SHOWN, key=lambda s: s[0] != "naive"):
+                row = [model, task, f"{integ} K={k}"]
+                for w in depth_windows(model):
+                    r = by.get((model, task, integ, k, w))
+                    row.append("-" if r is None else f"{w} {fmt_delta(r)[6]}")
+                out.append(row)
+    return out
+
+
 @pytest.fixture(scope="module")
 def cells():
     return list(csv.DictReader(CELLS.open()))
@@ -68,6 +104,24 @@ def test_readme_deltas_are_the_committed_cells(cells):
             if r["window"] == RULE[r["model_name"]] and r["status"] == "ok"
             and (r["integrator"], int(float(r["k"]))) in SHOWN}
     assert {(r[0], r[1], r[5]) for r in rows} == want
+
+
+def test_readme_depth_table_is_the_committed_cells(cells):
+    """Every cell of the depth part, as cells.csv has it (a '-' would be a cell not run)."""
+    rows = table_after(section(LOOPED), DEPTH_HEAD)
+    assert rows == depth_rows(cells)
+    assert not any("-" == c for r in rows for c in r), "README depth table: a cell was not run"
+    # what the sentence under the table says: anchored within 2 points of the baseline at every
+    # centre, naive below it at every centre
+    text = " ".join(section(LOOPED).split()).lower()
+    assert "anchored k = 3 stays within 2 points of the baseline at every centre" in text
+    assert "naive k = 3 loses at every centre" in text
+    for row in rows:
+        deltas = [float(c.split()[1]) for c in row[3:]]
+        if row[2].startswith("anchored"):
+            assert all(abs(d) <= 2.0 for d in deltas), row
+        else:
+            assert all(d < 0 for d in deltas), row
 
 
 def test_k1_cells_equal_the_baseline_per_sample(cells):
@@ -92,6 +146,30 @@ def test_every_cell_of_the_collapse_part_has_its_row(cells):
     assert all(r["status"] == "ok" and r["ci_low_pp"] and r["competence"] for r in collapse)
 
 
+@pytest.mark.slow
+def test_every_cell_of_every_part_has_its_row(cells, offline, session, real_asset, tmp_path):
+    """Each part's plan (its cell ids, as `python sweep.py experiment=<part>` computes them) against
+    the committed tables: every looped cell a row of cells.csv with its CI and mark, every baseline
+    a row of baselines.csv. Fails too when a cell's identity drifted from the one the committed
+    results were computed with (task_version hashes the task's files, harness/tasks/real/*
+    included): then a second run of the part would recompute it."""
+    from harness.plan import plan_grid
+
+    for name in ("smollm2-135m", "gemma3-270m", "tasks"):
+        real_asset(name)
+    looped = {r["cell_id"]: r for r in cells}
+    baselines = {r["cell_id"] for r in csv.DictReader(BASELINES.open())}
+    for part in PARTS:
+        plan = plan_grid([f"experiment={part}", f"store={tmp_path}"], costs=False,
+                         check_hub=False)
+        missing = [c.label for c in plan.cells if c.cell_id not in
+                   (baselines if c.spec.is_baseline else looped)]
+        assert not missing, f"{part}: {len(missing)} cell(s) without a row, e.g. {missing[:3]}"
+        for c in plan.cells:
+            r = looped.get(c.cell_id)
+            assert r is None or (r["status"] == "ok" and r["ci_low_pp"] and r["competence"]), r
+
+
 def test_readme_scan_reports_the_confirmed_delta():
     """The selected window is reported with its delta on the confirmation half (not the selection
     half), beside the depth rule's window on the same half."""
@@ -102,7 +180,8 @@ def test_readme_scan_reports_the_confirmed_delta():
         return (f"{float(r['confirm_delta_pp']):+.1f} [{float(r['confirm_ci_low_pp']):+.1f}, "
                 f"{float(r['confirm_ci_high_pp']):+.1f}]")
     a, rule = sel["selected on half A"], sel["depth rule"]
-    assert int(float(a["n_windows"])) == 30                 # 29 scanned + the rule's 14:17
+    # 29 scanned + the rule's 14:17 + the depth part's 8:11 and 20:23 (anchored K = 3 on PIQA too)
+    assert int(float(a["n_windows"])) == 32
     m = re.search(r"selected \*\*(\S+)\*\* \(\+([\d.]+) pp on half A\), confirmed \*\*(.+?)\*\* pp",
                   text)
     assert m, "README: no 'selected **window** ... confirmed **delta**' sentence"
