@@ -1,8 +1,8 @@
 """The README's section "What looping does to real models" against the committed tables of the
 real-model parts (`results/real/cells.csv`, `baselines.csv`, `scan_select.csv`): every row of its
 deltas table and of its depth table is that CSV, no shown setting is left out, K = 1 equals the
-baseline per sample, every planned cell of every part has its row (and the cell ids still match
-the committed results), and the window scan's selected window is reported with its confirmed
+baseline per sample, each part's planned cells have their rows (the cell ids still match the
+committed results), and the window scan's selected window is reported with its confirmed
 delta."""
 import csv
 import re
@@ -147,12 +147,14 @@ def test_every_cell_of_the_collapse_part_has_its_row(cells):
 
 
 @pytest.mark.slow
-def test_every_cell_of_every_part_has_its_row(cells, offline, session, real_asset, tmp_path):
-    """Each part's plan (its cell ids, as `python sweep.py experiment=<part>` computes them) against
-    the committed tables: every looped cell a row of cells.csv with its CI and mark, every baseline
-    a row of baselines.csv. Fails too when a cell's identity drifted from the one the committed
-    results were computed with (task_version hashes the task's files, harness/tasks/real/*
-    included): then a second run of the part would recompute it."""
+def test_each_part_plans_the_cell_ids_of_the_committed_results(cells, offline, session,
+                                                                real_asset, tmp_path):
+    """Each part planned as `python sweep.py experiment=<part>` plans it (Hydra, the assets' weight
+    hashes, the tasks' versions), every model x task with its first loop setting, and its baseline:
+    every planned cell must have its row in the committed cells.csv / baselines.csv. Fails when a
+    cell's identity drifted from the one the results were computed with (task_version hashes the
+    task's files, harness/tasks/real/* included): a second run of the part would recompute it.
+    (Planning every combination costs ~1 s of Hydra each; the counts are tested above.)"""
     from harness.plan import plan_grid
 
     for name in ("smollm2-135m", "gemma3-270m", "tasks"):
@@ -160,8 +162,13 @@ def test_every_cell_of_every_part_has_its_row(cells, offline, session, real_asse
     looped = {r["cell_id"]: r for r in cells}
     baselines = {r["cell_id"] for r in csv.DictReader(BASELINES.open())}
     for part in PARTS:
-        plan = plan_grid([f"experiment={part}", f"store={tmp_path}"], costs=False,
+        exp = yaml.safe_load((ROOT / f"harness/configs/experiment/{part}.yaml").read_text())
+        params = exp["hydra"]["sweeper"]["params"]
+        first = [f"{k}={str(v).split(',')[0]}".replace('\\$', '$') for k, v in params.items()
+                 if k not in ("model", "task")]
+        plan = plan_grid([f"experiment={part}", f"store={tmp_path}", *first], costs=False,
                          check_hub=False)
+        assert len({c.spec.model_name for c in plan.cells}) == len(params.get("model", "x").split(","))
         missing = [c.label for c in plan.cells if c.cell_id not in
                    (baselines if c.spec.is_baseline else looped)]
         assert not missing, f"{part}: {len(missing)} cell(s) without a row, e.g. {missing[:3]}"
