@@ -63,9 +63,14 @@ def colour(name: str, names: Sequence[str] = ()) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
+def _grid(n_panels: int, ncols: int = 3) -> tuple[int, int]:
+    """(columns, rows) of a figure of `n_panels` with at most `ncols` columns; 4 panels: 2 x 2."""
+    ncols = max(1, min(ncols, n_panels, 2 if n_panels == 4 else ncols))
+    return ncols, max(1, math.ceil(n_panels / ncols))
+
+
 def _figure(n_panels: int, *, ncols: int = 3, size=(4.6, 3.4)) -> tuple[Figure, list]:
-    ncols = max(1, min(ncols, n_panels, 2 if n_panels == 4 else ncols))     # 4 panels: 2 x 2
-    nrows = max(1, math.ceil(n_panels / ncols))
+    ncols, nrows = _grid(n_panels, ncols)
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(max(1, n_panels))]
@@ -250,8 +255,7 @@ def plot_depth(depth: pd.DataFrame, *, band: tuple[float, float] = DEPTH_BAND) -
     with style():
         keys = ["model_name", "task", "k"] + (["mode"] if df["mode"].nunique() > 1 else [])
         panels = _panels(df, keys)
-        ncols = 2 if len(panels) == 4 else min(len(panels), 4)         # as _figure lays out
-        nrows = math.ceil(len(panels) / ncols)
+        ncols, nrows = _grid(len(panels), 4)
         width = 6.4 if ncols == 1 else min(4.6, 15.0 / ncols)     # room for the long titles
         fig, axes = _figure(len(panels), ncols=ncols, size=(width, min(3.2, 14.0 / nrows)))
         for ax in axes[1:]:

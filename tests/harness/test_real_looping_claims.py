@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from looping.config import window_from_centre
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CELLS = ROOT / "results" / "real" / "cells.csv"
@@ -19,15 +21,15 @@ BASELINES = ROOT / "results" / "real" / "baselines.csv"
 #: the real-model parts (harness/configs/experiment/real-*.yaml) whose results are committed
 PARTS = ("real-collapse", "real-depth", "real-paper", "real-scan")
 LOOPED = "## What looping does to real models"
-#: the depth rule's window of each model preset (c0.5w3 of 30 layers, c0.5w2 of 18)
-RULE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": "14:17",
-        "gemma3-270m-dequantised-from-GGUF-Q4_K_M": "9:11"}
+#: each model preset's window width (the paper's 4 of 36 layers) and layer count
+SHAPE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": (3, 30),
+         "gemma3-270m-dequantised-from-GGUF-Q4_K_M": (2, 18)}
+#: the depth rule's window of each model: centre 0.5 (SmolLM2 14:17, Gemma-3 9:11)
+RULE = {m: "%d:%d" % window_from_centre(0.5, w, n) for m, (w, n) in SHAPE.items()}
 #: the settings the README table shows at the rule's window (every cell is in results/real/cells.md)
 SHOWN = {("naive", 6), ("euler", 3), ("anchored", 3)}
-#: the depth part's windows: centres 0.3 / 0.5 / 0.7 with each model's width and layer count
+#: the depth part's window centres
 DEPTH_CENTRES = (0.3, 0.5, 0.7)
-DEPTH_SHAPE = {"smollm2-135m-dequantised-from-GGUF-Q4_1": (3, 30),
-               "gemma3-270m-dequantised-from-GGUF-Q4_K_M": (2, 18)}
 DEPTH_SHOWN = {("naive", 3), ("anchored", 3)}
 DEPTH_TASKS = ("local_arc_easy300_val", "local_piqa300")
 #: the tables' headers (scripts/real_readme_table.py rewrites the tables below them)
@@ -63,9 +65,7 @@ def fmt_delta(row: dict) -> list[str]:
 
 
 def depth_windows(model_name: str) -> list[str]:
-    from looping.config import window_from_centre
-
-    width, layers = DEPTH_SHAPE[model_name]
+    width, layers = SHAPE[model_name]
     return ["%d:%d" % window_from_centre(c, width, layers) for c in DEPTH_CENTRES]
 
 
@@ -75,7 +75,7 @@ def depth_rows(cells: list[dict]) -> list[list[str]]:
     by = {(r["model_name"], r["task"], r["integrator"], int(float(r["k"])), r["window"]): r
           for r in cells if r["status"] == "ok"}
     out = []
-    for model in sorted(DEPTH_SHAPE):
+    for model in sorted(SHAPE):
         for task in DEPTH_TASKS:
             for integ, k in sorted(DEPTH_SHOWN, key=lambda s: s[0] != "naive"):
                 row = [model, task, f"{integ} K={k}"]
