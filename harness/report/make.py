@@ -90,8 +90,10 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
             continue
         fig = fn(t.frame)
         t.frame.to_csv(figures / f"{fig_name}.csv", index=False)
-        for ext in ("png", "pdf"):
-            fig.savefig(figures / f"{fig_name}.{ext}")
+        fig.savefig(figures / f"{fig_name}.png")
+        # no CreationDate: a report rewritten from the same cells gives byte-identical PDFs, so a
+        # second run leaves a committed results folder clean
+        fig.savefig(figures / f"{fig_name}.pdf", metadata={"CreationDate": None})
         written += [figures / f"{fig_name}.{ext}" for ext in ("csv", "png", "pdf")]
     if skipped:
         sections.append("## Skipped\n\n" + "\n".join(f"- {k}: {v}" for k, v in skipped.items())

@@ -147,3 +147,18 @@ def test_trajectory_figures_use_the_palette():
         found = _strategy_colours(fig)
         assert set(found) == {"naive", "euler", "anchored"}
         assert all(c == {plots.colour(s)} for s, c in found.items())
+
+
+def test_report_twice_gives_byte_identical_figures(tmp_path):
+    """A second report from the same cells rewrites the committed figures byte for byte (no PDF
+    CreationDate), so a second `sweep.py experiment=demo` leaves the results folder clean."""
+    from harness.report import make_report
+
+    def run(name):
+        make_report("results", tmp_path / name, n_boot=20, log=lambda *a: None,
+                    cell_ids=["014a66139e3a", "042aa1903c44", "088b7ffe069e"])
+        return {p.name: p.read_bytes() for p in sorted((tmp_path / name / "figures").iterdir())}
+
+    first = run("a")
+    assert any(name.endswith(".pdf") for name in first)
+    assert run("b") == first
