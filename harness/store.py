@@ -453,6 +453,36 @@ def load_samples(root: str | os.PathLike = "results", *, strict: bool = False,
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
+ANSWERS_FILE = "answers.csv"
+ANSWER_COLUMNS = ["cell_id", "task", "n", "correct", "scores", "answers_sha256"]
+
+
+def answer_digests(samples):
+    """One row per cell of a `load_samples` frame: its task(s), sample count, summed score,
+    `scores` (one character per sample, '1' / '0', in task x doc_id order; empty when a score is
+    not 0 or 1) and `answers_sha256`, the SHA-256 of the per-sample rows (task, doc_id, document,
+    prompt and target hashes, score) in that order. Written by the report as `answers.csv`, so a
+    committed report carries every cell's per-sample answers (scripts/compare_stores.py checks a
+    regeneration against it) without the store's record files."""
+    import hashlib
+
+    import pandas as pd
+
+    rows = []
+    for cid, g in samples.groupby("cell_id", sort=True):
+        g = g.sort_values(["task", "doc_id"], kind="stable")
+        lines = "\n".join("\t".join([str(r.task), str(r.doc_id), str(r.doc_hash),
+                                      str(r.prompt_hash), str(r.target_hash), repr(float(r.score))])
+                          for r in g.itertuples())
+        binary = g["score"].isin([0.0, 1.0]).all()
+        rows.append({"cell_id": cid, "task": ",".join(dict.fromkeys(g["task"])), "n": len(g),
+                     "correct": float(g["score"].sum()),
+                     "scores": "".join("1" if s == 1.0 else "0" for s in g["score"]) if binary
+                     else "",
+                     "answers_sha256": hashlib.sha256(lines.encode()).hexdigest()})
+    return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+
 # ---- ids of older records ------------------------------------------------------------------------
 _SCHEMA_RE = None
 

@@ -95,6 +95,12 @@ def make_report(root: str | Path = "results", out: str | Path | None = None,
         # second run leaves a committed results folder clean
         fig.savefig(figures / f"{fig_name}.pdf", metadata={"CreationDate": None})
         written += [figures / f"{fig_name}.{ext}" for ext in ("csv", "png", "pdf")]
+    answers = store.answer_digests(samples)       # every cell's per-sample answers, compactly
+    answers.to_csv(out / store.ANSWERS_FILE, index=False)
+    written.append(out / store.ANSWERS_FILE)
+    sections.append(f"## Per-sample answers\n\n`{store.ANSWERS_FILE}`: {len(answers)} cells, one "
+                    f"row each (per-sample scores and a SHA-256 of the per-sample rows; "
+                    f"`scripts/compare_stores.py` checks a regenerated store against it)\n")
     if skipped:
         sections.append("## Skipped\n\n" + "\n".join(f"- {k}: {v}" for k, v in skipped.items())
                         + "\n")

@@ -169,4 +169,41 @@ def test_compare_stores_script_names_the_cells_that_differ(tmp_path):
     ids.write_text("same00000000\n")
     assert run(a, b, "--cells", ids).returncode == 0
     r = run(a, tmp_path / "nowhere")
-    assert r.returncode == 2 and "is not a results store" in r.stderr
+    assert r.returncode == 2 and "is neither a results store" in r.stderr
+    # a committed report without record files (a fresh clone): compared by its answers.csv
+    report = tmp_path / "report"
+    report.mkdir()
+    st.answer_digests(st.load_samples(b)).to_csv(report / st.ANSWERS_FILE, index=False)
+    r = run(a, report)
+    assert r.returncode == 1 and "comparing with its answers.csv" in r.stdout
+    assert "DIFFERS chgd00000000: 1 of 4 samples differ in score" in r.stdout
+    assert "MISSING only00000000" in r.stdout
+    assert "1 cell(s) with the same per-sample answers, 1 differ, 1 missing" in r.stdout
+    assert run(a, report, "--cells", ids).returncode == 0
+    moved = record("same00000000")                    # same scores, another prompt
+    moved["samples"]["t1"][0]["prompt_hash"] = "0" * 64
+    st.write_record(a, moved)
+    r = run(a, report, "--cells", ids)
+    assert r.returncode == 1 and "DIFFERS same00000000: per-sample rows differ" in r.stdout
+
+
+def test_answer_digests_carry_each_cells_per_sample_answers(tmp_path):
+    """answers.csv (written by every report): one row per cell, its per-sample scores in doc order
+    and a hash that changes with any per-sample field but not with record order."""
+    st.write_record(tmp_path, record("aaaa00000000"))
+    st.write_record(tmp_path, record("bbbb00000000"))
+    d = st.answer_digests(st.load_samples(tmp_path)).set_index("cell_id")
+    assert list(d.index) == ["aaaa00000000", "bbbb00000000"]
+    samples = st.load_samples(tmp_path)
+    one = samples[samples.cell_id == "aaaa00000000"].sort_values(["task", "doc_id"])
+    assert d.loc["aaaa00000000", "n"] == len(one)
+    assert d.loc["aaaa00000000", "scores"] == "".join(str(int(s)) for s in one.score)
+    shuffled = st.answer_digests(samples.iloc[::-1])
+    assert list(shuffled.answers_sha256) == list(d.answers_sha256)
+    first = samples.index[samples.cell_id == "aaaa00000000"]
+    samples.loc[first[0], "target_hash"] = "f" * 64
+    changed = st.answer_digests(samples).set_index("cell_id")
+    assert changed.loc["aaaa00000000", "answers_sha256"] != d.loc["aaaa00000000", "answers_sha256"]
+    assert changed.loc["bbbb00000000", "answers_sha256"] == d.loc["bbbb00000000", "answers_sha256"]
+    samples.loc[first[1], "score"] = 0.5
+    assert st.answer_digests(samples).set_index("cell_id").loc["aaaa00000000", "scores"] == ""
