@@ -24,14 +24,20 @@ KEY = ["task", "doc_id"]
 COMPARED = ["doc_hash", "prompt_hash", "target_hash", "score"]
 
 
-def compare(first, second, cells: list[str] | None = None) -> dict:
-    """{"same": [...], "differ": {cell_id: reason}, "missing": [...]} over the first store's ok
-    cells (or `cells`): a cell differs when its document set or any compared column differs."""
-    res_a, res_b = st.load_results(first, status="ok"), st.load_results(second, status="ok")
+def _cells_to_check(first, res_a, cells: list[str] | None) -> list[str]:
+    """The first store's ok cells (or `cells`, each of which must be ok there)."""
     ids = list(dict.fromkeys(cells if cells is not None else res_a.cell_id))
     absent = sorted(set(ids) - set(res_a.cell_id))
     if absent:
         raise SystemExit(f"compare_stores: cell(s) {', '.join(absent)} are not ok in {first}")
+    return ids
+
+
+def compare(first, second, cells: list[str] | None = None) -> dict:
+    """{"same": [...], "differ": {cell_id: reason}, "missing": [...]} over the first store's ok
+    cells (or `cells`): a cell differs when its document set or any compared column differs."""
+    res_a, res_b = st.load_results(first, status="ok"), st.load_results(second, status="ok")
+    ids = _cells_to_check(first, res_a, cells)
     sa, sb = st.load_samples(first), st.load_samples(second)
     out = {"same": [], "differ": {}, "missing": sorted(set(ids) - set(res_b.cell_id))}
     for cid in ids:
@@ -56,10 +62,7 @@ def compare_with_answers(first, answers_csv, cells: list[str] | None = None) -> 
     import pandas as pd
 
     res_a = st.load_results(first, status="ok")
-    ids = list(dict.fromkeys(cells if cells is not None else res_a.cell_id))
-    absent = sorted(set(ids) - set(res_a.cell_id))
-    if absent:
-        raise SystemExit(f"compare_stores: cell(s) {', '.join(absent)} are not ok in {first}")
+    ids = _cells_to_check(first, res_a, cells)
     sa = st.load_samples(first)
     mine = st.answer_digests(sa[sa.cell_id.isin(ids)]).set_index("cell_id")
     theirs = pd.read_csv(answers_csv, dtype={"scores": str}, keep_default_na=False)

@@ -140,6 +140,7 @@ def test_k1_cells_equal_the_baseline_per_sample(cells):
     assert len(k1) == 3 * len(RULE) * 2          # 3 strategies x 2 models x 2 collapse tasks
     for r in k1:
         assert r["status"] == "ok" and float(r["delta_pp"]) == 0.0, r
+        assert float(r["ci_low_pp"]) == float(r["ci_high_pp"]) == 0.0, r
         looped, base = answers[r["cell_id"]], answers[r["baseline_cell_id"]]
         assert looped["answers_sha256"] == base["answers_sha256"], r
         assert looped["scores"] == base["scores"] and len(base["scores"]) == int(base["n"]), r
